@@ -1,0 +1,55 @@
+"""persevere: durable workflow orchestration for Python on one SQLite file.
+
+>>> from persevere import flow, task
+>>> @task
+... def double(x: int) -> int:
+...     return 2 * x
+>>> @flow
+... def pipeline(x: int = 21) -> int:
+...     return double(x)
+"""
+
+from .context import get_run_context, idempotency_key
+from .exceptions import (
+    Abort,
+    InvalidTransition,
+    LeaseLost,
+    NonDeterminismError,
+    ParameterError,
+    PersevereError,
+    RunKeyConflict,
+    RunNotFound,
+    RunNotResumable,
+    SchemaTooNew,
+    SerializationError,
+)
+from .flows import Flow, flow
+from .statemachine import State, StateType
+from .tasks import Task, task
+from .worker import get_run_logger
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Abort",
+    "Flow",
+    "InvalidTransition",
+    "LeaseLost",
+    "NonDeterminismError",
+    "ParameterError",
+    "PersevereError",
+    "RunKeyConflict",
+    "RunNotFound",
+    "RunNotResumable",
+    "SchemaTooNew",
+    "SerializationError",
+    "State",
+    "StateType",
+    "Task",
+    "__version__",
+    "flow",
+    "get_run_context",
+    "get_run_logger",
+    "idempotency_key",
+    "task",
+]

@@ -1,0 +1,5 @@
+"""``python -m persevere`` is the ``persevere`` command."""
+
+from .cli import main
+
+main()

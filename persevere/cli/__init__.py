@@ -1,0 +1,14 @@
+"""The command line: click commands only, thin over the packages below."""
+
+from __future__ import annotations
+
+from . import run, runs  # noqa: F401  (they register their commands)
+from .app import cli
+
+
+def main() -> None:
+    """The ``persevere`` console script."""
+    cli(prog_name="persevere")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,110 @@
+"""Formatting runs, histories, task runs and logs for people and for ``--json``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import click
+
+from ..journal import FlowRun, Journal, TaskRun, Transition, from_json
+from ..statemachine import StateType
+
+
+def iso(ms: int | None) -> str | None:
+    """UTC ISO 8601 for JSON output."""
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def local(ms: int | None) -> str:
+    """Local time for tables."""
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(start: int | None, end: int | None) -> float | None:
+    """Seconds between two instants, if both are known."""
+    return None if start is None or end is None else (end - start) / 1000
+
+
+def jsonable(value: Any) -> Any:
+    """A value as plain JSON (what JSON cannot hold becomes its repr)."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+def parameters_of(run: FlowRun) -> Any:
+    """A run's parameters for display."""
+    try:
+        return jsonable(from_json(run.parameters))
+    except ValueError:
+        return run.parameters
+
+
+def run_summary(run: FlowRun) -> dict[str, Any]:
+    """The fields of ``runs ls --json``."""
+    return {
+        "id": run.id,
+        "flow_name": run.flow_name,
+        "state_type": run.state_type.value,
+        "state_name": run.state_name,
+        "state_message": run.state_message,
+        "run_key": run.run_key,
+        "created": iso(run.created_ms),
+        "started": iso(run.started_ms),
+        "ended": iso(run.ended_ms),
+        "parameters": parameters_of(run),
+        "parent_flow_run_id": run.parent_flow_run_id,
+        "entrypoint": run.entrypoint,
+    }
+
+
+def task_summary(task: TaskRun) -> dict[str, Any]:
+    """One task run for ``runs show``."""
+    return {
+        "id": task.id,
+        "position": task.position,
+        "task_key": task.task_key,
+        "dynamic_key": task.dynamic_key,
+        "kind": task.kind,
+        "state_type": task.state_type.value,
+        "state_name": task.state_name,
+        "state_message": task.state_message,
+        "attempts": task.attempt,
+        "duration_seconds": duration(task.started_ms, task.ended_ms),
+    }
+
+
+def transition_summary(move: Transition) -> dict[str, Any]:
+    """One history row for ``runs show``."""
+    return {
+        "version": move.version,
+        "from_type": move.from_type.value if move.from_type else None,
+        "type": move.to_type.value,
+        "name": move.name,
+        "timestamp": iso(move.ts_ms),
+        "message": move.message,
+    }
+
+
+def result_of(journal: Journal, run: FlowRun) -> tuple[bool, Any]:
+    """(True, value) when the run completed with a JSON result."""
+    if run.state_type is not StateType.COMPLETED or not run.result_id:
+        return False, None
+    data, serializer = journal.result_bytes(run.result_id)
+    if serializer != "json":
+        return False, None
+    return True, jsonable(from_json(data))
+
+
+def echo_table(rows: list[list[str]], headers: list[str]) -> None:
+    """Print rows as aligned columns."""
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,64 @@
+"""``persevere run``: start a flow in the foreground."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..statemachine import State, StateType
+from ..worker import entrypoints, parameters
+from .app import cli
+from .output import jsonable
+
+
+def report(state: State, run_id: str) -> None:
+    """Say how a run ended; exit 1 unless it completed."""
+    if state.type is StateType.COMPLETED:
+        click.echo(f"run {run_id} {state.name}", err=True)
+        if state.data is not None:
+            click.echo(json.dumps(jsonable(state.data)))
+        return
+    detail = f": {state.message}" if state.message else ""
+    click.echo(f"run {run_id} {state.name}{detail}", err=True)
+    click.echo(
+        f"  see `persevere runs show {run_id}`; after a fix, `persevere runs resume {run_id}`",
+        err=True,
+    )
+    sys.exit(1)
+
+
+def interrupted(run_id: str | None) -> None:
+    """Say how to go on after Ctrl-C; exit 130."""
+    hint = f"; `persevere runs resume {run_id}` goes on" if run_id else ""
+    click.echo(f"interrupted{hint}", err=True)
+    sys.exit(130)
+
+
+@cli.command()
+@click.argument("entrypoint")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A flow parameter; VALUE is JSON if it parses, else a string. Repeatable.",
+)
+@click.option("--run-key", help="Idempotency key: resume or return the run that has it.")
+def run(entrypoint: str, params: tuple[str, ...], run_key: str | None) -> None:
+    """Run the flow ENTRYPOINT (path/to/file.py:func or module:func) now.
+
+    Exit code 0 when the run completes, 1 when it fails, 2 on bad input.
+    """
+    flow = entrypoints.load(entrypoint)
+    checked = parameters.check(flow.fn, flow.name, parameters.parse_assignments(params))
+    if run_key:
+        flow = flow.with_options(run_key=run_key)
+    try:
+        state = flow(**checked, return_state=True)
+    except KeyboardInterrupt:
+        interrupted(None)
+        return
+    report(state, state.run_id or "?")

@@ -1,0 +1,131 @@
+"""Every error type a persevere user can see.
+
+One root, :class:`PersevereError`, so that a caller can catch "anything from
+persevere"; a subclass per thing a user or caller can act on, carrying the ids
+it concerns as attributes. Signals that user code must not swallow with
+``except Exception`` derive from :class:`BaseException` instead.
+"""
+
+from __future__ import annotations
+
+
+class PersevereError(Exception):
+    """Root of every error persevere raises on purpose."""
+
+
+class InvalidTransition(PersevereError):
+    """A move between two states that the state graph does not allow."""
+
+    def __init__(self, source: str, target: str, run_id: str | None = None) -> None:
+        self.source = source
+        self.target = target
+        self.run_id = run_id
+        where = f" for run {run_id}" if run_id else ""
+        super().__init__(f"illegal transition {source} -> {target}{where}")
+
+
+class VersionConflict(PersevereError):
+    """A compare-and-set lost: somebody else moved the run first."""
+
+    def __init__(self, run_id: str, expected: int, actual: int | None) -> None:
+        self.run_id = run_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"run {run_id} was changed by another writer "
+            f"(expected version {expected}, found {actual}); reload it and try again"
+        )
+
+
+class LeaseLost(PersevereError):
+    """This process no longer owns the run it is executing."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"lost the lease on run {run_id}: another process took it over "
+            "(it was declared crashed); this execution stops"
+        )
+
+
+class RunNotFound(PersevereError, LookupError):
+    """No run matches the id (or id prefix) given."""
+
+    def __init__(self, run_id: str, detail: str = "") -> None:
+        self.run_id = run_id
+        super().__init__(detail or f"no run with id {run_id!r}; `persevere runs ls` lists them")
+
+
+class RunNotResumable(PersevereError):
+    """The run is in a state from which it cannot be resumed."""
+
+    def __init__(self, run_id: str, state_name: str, why: str = "") -> None:
+        self.run_id = run_id
+        self.state_name = state_name
+        super().__init__(
+            why or f"run {run_id} is {state_name}; only Crashed, Failed or Cancelled runs resume"
+        )
+
+
+class RunKeyConflict(PersevereError):
+    """A run key is already taken by a run of another flow or other parameters."""
+
+    def __init__(self, run_key: str, detail: str) -> None:
+        self.run_key = run_key
+        super().__init__(f"run key {run_key!r} {detail}")
+
+
+class NonDeterminismError(PersevereError):
+    """Replayed flow code called a different task than the journal recorded."""
+
+    def __init__(self, run_id: str, position: int, recorded: str, called: str) -> None:
+        self.run_id = run_id
+        self.position = position
+        self.recorded = recorded
+        self.called = called
+        super().__init__(
+            f"non-deterministic replay of run {run_id}: call #{position} was task "
+            f"{recorded!r} when recorded, but the flow now calls {called!r} there; "
+            "restore the old call order or start a new run"
+        )
+
+
+class SerializationError(PersevereError, TypeError):
+    """A value could not be stored or loaded with the chosen serializer."""
+
+
+class TamperedResult(SerializationError):
+    """A signed result failed its HMAC check; it is refused, never unpickled."""
+
+
+class DatabaseError(PersevereError):
+    """The database file cannot be used (not SQLite, unreadable, ...)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {detail}")
+
+
+class SchemaTooNew(DatabaseError):
+    """The database was written by a newer persevere; it is left untouched."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            path,
+            f"schema version {found} is newer than this persevere supports ({supported}); "
+            "upgrade persevere (the file was not changed)",
+        )
+
+
+class EntrypointError(PersevereError):
+    """A ``file.py:func`` or ``module:func`` reference that cannot be loaded."""
+
+
+class ParameterError(PersevereError, TypeError):
+    """A flow parameter that is missing, unknown or of the wrong type."""
+
+
+class Abort(PersevereError):
+    """Raise inside a task or flow to fail it at once, without retries."""

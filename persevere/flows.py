@@ -1,0 +1,95 @@
+"""The ``@flow`` decorator and the Flow object it makes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .journal.results import SERIALIZERS
+from .worker import run_flow
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flow(Generic[P, R]):
+    """A Python function whose calls are durable, journaled flow runs.
+
+    Call it like the function. ``return_state=True`` returns the final
+    :class:`~persevere.State` instead of the value.
+    """
+
+    fn: Callable[P, R]
+    name: str
+    log_prints: bool = False
+    result_serializer: str = "json"
+    run_key: str | None = None
+    description: str | None = None
+
+    __persevere_flow__ = True
+
+    def __post_init__(self) -> None:
+        if self.result_serializer not in SERIALIZERS:
+            raise ValueError(
+                f"result_serializer={self.result_serializer!r}; use one of {SERIALIZERS}"
+            )
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            object.__setattr__(self, attr, getattr(self.fn, attr, None))
+        object.__setattr__(self, "__wrapped__", self.fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return_state = bool(kwargs.pop("return_state", False))
+        return run_flow(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+
+    def with_options(self, **changes: Any) -> Flow[P, R]:
+        """A copy of this flow with other options, e.g. ``with_options(run_key="nightly")``."""
+        return dataclasses.replace(self, **changes)
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    log_prints: bool = False,
+    result_serializer: str = "json",
+    run_key: str | None = None,
+    description: str | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    log_prints: bool = False,
+    result_serializer: str = "json",
+    run_key: str | None = None,
+    description: str | None = None,
+) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
+    """Make a function a flow: each call is a durable flow run.
+
+    Args:
+        name: the flow's name (default: the function's name).
+        log_prints: also store what ``print`` writes with the run's logs.
+        result_serializer: ``"json"`` (default) or ``"pickle"`` (signed).
+        run_key: an idempotency key; a second call with the same key resumes
+            the unfinished run or returns the completed run's result.
+        description: shown by ``persevere`` listings (default: the docstring).
+    """
+
+    def decorate(f: Callable[P, R]) -> Flow[P, R]:
+        return Flow(
+            f,
+            name or f.__name__,
+            log_prints,
+            result_serializer,
+            run_key,
+            description or (f.__doc__ or "").strip() or None,
+        )
+
+    return decorate(fn) if fn is not None else decorate

@@ -1,0 +1,23 @@
+"""All SQL of persevere: schema, migrations, the Journal API and result codecs."""
+
+from .journal import Journal, close_all, new_id, open_journal
+from .records import FlowRun, LogLine, TaskRun, Transition
+from .results import Codec, from_json, to_json
+from .schema import SCHEMA_VERSION
+from .writer import Op
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Codec",
+    "FlowRun",
+    "Journal",
+    "LogLine",
+    "Op",
+    "TaskRun",
+    "Transition",
+    "close_all",
+    "from_json",
+    "new_id",
+    "open_journal",
+    "to_json",
+]

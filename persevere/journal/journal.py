@@ -1,0 +1,615 @@
+"""The Journal: every operation the engine and the CLI need, named for what it does.
+
+All SQL of persevere lives in this package. Each public write is either
+durable (committed before it returns, together with whatever was deferred
+before it) or deferred (committed with the next durable write, or by the
+flusher within ``flush_seconds``); the docstrings say which.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import clock
+from ..exceptions import RunNotFound
+from ..settings import Settings
+from ..statemachine import Owner, StateType, check_move, path_to_pending
+from .connection import connect
+from .records import FlowRun, LogLine, TaskRun, Transition, from_row
+from .results import Codec, content_id
+from .schema import ensure_schema
+from .writer import Op, Writer
+
+_FLOW_COLUMNS = (
+    "id, flow_name, entrypoint, parameters, state_type, state_name, state_message, version, "
+    "run_key, parent_flow_run_id, parent_task_run_id, lease_token, owner_host, owner_pid, "
+    "owner_started, lease_expires_ms, created_ms, started_ms, ended_ms, result_id, run_count"
+)
+_TASK_COLUMNS = (
+    "id, flow_run_id, position, task_key, dynamic_key, kind, state_type, state_name, "
+    "state_message, version, attempt, result_id, created_ms, started_ms, ended_ms"
+)
+_INSERT_STATE = "INSERT INTO states VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_TASK = (
+    "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
+    "state_type, state_name, version, attempt, created_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 'Pending', 1, 1, ?)"
+)
+_TASK_RUNNING = (
+    "UPDATE task_runs SET state_type = 'RUNNING', state_name = ?, state_message = '', "
+    "version = ?, attempt = ?, started_ms = ?, ended_ms = NULL WHERE id = ? AND version = ?"
+)
+_TASK_FINISHED = (
+    "UPDATE task_runs SET state_type = ?, state_name = ?, state_message = ?, version = ?, "
+    "result_id = ?, ended_ms = ? WHERE id = ? AND version = ?"
+)
+_INSERT_RESULT = (
+    "INSERT OR IGNORE INTO results (id, serializer, data, size, created_ms) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def new_id() -> str:
+    """A new run id: 32 hex digits, time-ordered (so ids sort by creation)."""
+    return f"{clock.now_ms():012x}{os.urandom(10).hex()}"
+
+
+def _move(
+    table: str,
+    run_id: str,
+    source: StateType | None,
+    version: int,
+    target: StateType,
+    name: str,
+    message: str,
+    now: int,
+    sets: dict[str, Any] | None = None,
+    fence: str | None = None,
+) -> list[Op]:
+    """The two writes of one transition: a compare-and-set update and a history row."""
+    check_move(source, target, name, run_id)
+    columns = "state_type = ?, state_name = ?, state_message = ?, version = ?"
+    params: list[Any] = [target.value, name, message, version + 1]
+    for column, value in (sets or {}).items():
+        columns += f", {column} = ?"
+        params.append(value)
+    params += [run_id, version]
+    return [
+        Op(
+            f"UPDATE {table} SET {columns} WHERE id = ? AND version = ?",
+            params,
+            fence=fence,
+            expect=(run_id, version, table),
+        ),
+        Op(
+            _INSERT_STATE,
+            (
+                run_id,
+                version + 1,
+                source.value if source else None,
+                target.value,
+                name,
+                now,
+                message,
+                None,
+            ),
+            fence=fence,
+        ),
+    ]
+
+
+class Journal:
+    """The durable record of runs, on one SQLite file.
+
+    Use :func:`open_journal` to get the process's journal for a file: one
+    connection (one writer) per file per process.
+    """
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        self.path = path
+        self.settings = settings
+        conn = connect(path, settings.synchronous)
+        try:
+            ensure_schema(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        conn.row_factory = sqlite3.Row
+        self._conn = conn
+        self.writer = Writer(conn, int(settings.lease_seconds * 1000), settings.flush_seconds)
+        self.codec = Codec(path.with_name(path.name + ".key"))
+
+    # -- reading ------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self.writer.lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def get_flow_run(self, run_id: str) -> FlowRun:
+        """The flow run with this exact id."""
+        rows = self._rows(f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise RunNotFound(run_id)
+        return from_row(FlowRun, rows[0])
+
+    def resolve_flow_run(self, id_or_prefix: str) -> FlowRun:
+        """The flow run whose id is, or uniquely starts with, ``id_or_prefix``."""
+        if not id_or_prefix or any(c not in "0123456789abcdef" for c in id_or_prefix):
+            raise RunNotFound(id_or_prefix)
+        rows = self._rows(
+            f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE id >= ? AND id < ? LIMIT 2",
+            (id_or_prefix, id_or_prefix + "g"),
+        )
+        if not rows:
+            raise RunNotFound(id_or_prefix)
+        if len(rows) > 1:
+            raise RunNotFound(
+                id_or_prefix,
+                f"run id prefix {id_or_prefix!r} matches several runs; give more of it",
+            )
+        return from_row(FlowRun, rows[0])
+
+    def find_flow_run_by_key(self, run_key: str) -> FlowRun | None:
+        """The flow run started with this run key, if any."""
+        rows = self._rows(f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE run_key = ?", (run_key,))
+        return from_row(FlowRun, rows[0]) if rows else None
+
+    def child_flow_run(self, parent_task_run_id: str) -> FlowRun | None:
+        """The subflow run started by a parent's task run, if it was started."""
+        rows = self._rows(
+            f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE parent_task_run_id = ?",
+            (parent_task_run_id,),
+        )
+        return from_row(FlowRun, rows[0]) if rows else None
+
+    def list_flow_runs(
+        self, state_type: StateType | None = None, flow_name: str | None = None, limit: int = 50
+    ) -> list[FlowRun]:
+        """Flow runs, newest first, optionally filtered."""
+        where, params = [], []
+        if state_type is not None:
+            where.append("state_type = ?")
+            params.append(state_type.value)
+        if flow_name is not None:
+            where.append("flow_name = ?")
+            params.append(flow_name)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._rows(
+            f"SELECT {_FLOW_COLUMNS} FROM flow_runs {clause} ORDER BY created_ms DESC, id DESC "
+            "LIMIT ?",
+            [*params, limit],
+        )
+        return [from_row(FlowRun, r) for r in rows]
+
+    def active_flow_runs(self) -> list[FlowRun]:
+        """Flow runs that claim to be executing (Pending or Running, with an owner)."""
+        rows = self._rows(
+            f"SELECT {_FLOW_COLUMNS} FROM flow_runs "
+            "WHERE state_type IN ('PENDING', 'RUNNING') AND owner_pid IS NOT NULL"
+        )
+        return [from_row(FlowRun, r) for r in rows]
+
+    def task_runs(self, flow_run_id: str) -> list[TaskRun]:
+        """A flow run's task runs, in call order."""
+        rows = self._rows(
+            f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE flow_run_id = ? ORDER BY position",
+            (flow_run_id,),
+        )
+        return [from_row(TaskRun, r) for r in rows]
+
+    def history(self, run_id: str) -> list[Transition]:
+        """Every journaled transition of a run, oldest first."""
+        rows = self._rows("SELECT * FROM states WHERE run_id = ? ORDER BY version", (run_id,))
+        return [from_row(Transition, r) for r in rows]
+
+    def logs(self, flow_run_id: str, after_id: int = 0) -> list[LogLine]:
+        """Log lines of a flow run (and its task runs), oldest first."""
+        rows = self._rows(
+            "SELECT * FROM logs WHERE flow_run_id = ? AND id > ? ORDER BY id",
+            (flow_run_id, after_id),
+        )
+        return [from_row(LogLine, r) for r in rows]
+
+    def load_result(self, result_id: str) -> Any:
+        """The value stored under a result id."""
+        data, serializer = self.result_bytes(result_id)
+        return self.codec.loads(data, serializer)
+
+    def result_bytes(self, result_id: str) -> tuple[bytes, str]:
+        """The stored bytes of a result and the serializer that wrote them."""
+        rows = self._rows("SELECT serializer, data FROM results WHERE id = ?", (result_id,))
+        if not rows:
+            raise RunNotFound(result_id, f"result {result_id} is missing from the journal")
+        return bytes(rows[0]["data"]), str(rows[0]["serializer"])
+
+    # -- results ------------------------------------------------------------
+
+    def result_op(
+        self, value: Any, serializer: str, what: str, fence: str | None = None
+    ) -> tuple[str, Op]:
+        """Serialize a value; returns its result id and the write that stores it."""
+        data = self.codec.dumps(value, serializer, what)
+        result_id = content_id(serializer, data)
+        return result_id, Op(
+            _INSERT_RESULT, (result_id, serializer, data, len(data), clock.now_ms()), fence=fence
+        )
+
+    # -- flow runs ----------------------------------------------------------
+
+    def create_flow_run(
+        self,
+        *,
+        flow_name: str,
+        entrypoint: str | None,
+        parameters: str,
+        run_key: str | None = None,
+        parent_flow_run_id: str | None = None,
+        parent_task_run_id: str | None = None,
+        owner: Owner | None = None,
+    ) -> FlowRun:
+        """Create a flow run in Pending (durable).
+
+        If ``run_key`` is taken already (another process won the race), the
+        run that holds it is returned instead.
+        """
+        run_id, now = new_id(), clock.now_ms()
+        check_move(None, StateType.PENDING, "Pending", run_id)
+        try:
+            self._insert_flow_run(
+                run_id,
+                now,
+                flow_name,
+                entrypoint,
+                parameters,
+                run_key,
+                parent_flow_run_id,
+                parent_task_run_id,
+                owner,
+            )
+        except sqlite3.IntegrityError:
+            existing = self.find_flow_run_by_key(run_key) if run_key else None
+            if existing is None:
+                raise
+            return existing
+        return self.get_flow_run(run_id)
+
+    def _insert_flow_run(
+        self,
+        run_id: str,
+        now: int,
+        flow_name: str,
+        entrypoint: str | None,
+        parameters: str,
+        run_key: str | None,
+        parent_flow_run_id: str | None,
+        parent_task_run_id: str | None,
+        owner: Owner | None,
+    ) -> None:
+        self.writer.commit(
+            [
+                Op(
+                    "INSERT INTO flow_runs (id, flow_name, entrypoint, parameters, state_type, "
+                    "state_name, version, run_key, parent_flow_run_id, parent_task_run_id, "
+                    "owner_host, owner_pid, owner_started, lease_expires_ms, created_ms) "
+                    "VALUES (?, ?, ?, ?, 'PENDING', 'Pending', 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        flow_name,
+                        entrypoint,
+                        parameters,
+                        run_key,
+                        parent_flow_run_id,
+                        parent_task_run_id,
+                        owner.host if owner else None,
+                        owner.pid if owner else None,
+                        owner.started if owner else None,
+                        now + int(self.settings.lease_seconds * 1000) if owner else None,
+                        now,
+                    ),
+                ),
+                Op(_INSERT_STATE, (run_id, 1, None, "PENDING", "Pending", now, "", None)),
+            ]
+        )
+
+    def claim_flow_run(self, run: FlowRun, owner: Owner, token: str) -> FlowRun:
+        """Move a Pending run to Running under this owner and lease (durable, CAS)."""
+        now = clock.now_ms()
+        sets = {
+            "lease_token": token,
+            "owner_host": owner.host,
+            "owner_pid": owner.pid,
+            "owner_started": owner.started,
+            "lease_expires_ms": now + int(self.settings.lease_seconds * 1000),
+            "started_ms": now,
+            "ended_ms": None,
+            "run_count": run.run_count + 1,
+        }
+        self.writer.commit(
+            _move(
+                "flow_runs",
+                run.id,
+                run.state_type,
+                run.version,
+                StateType.RUNNING,
+                "Running",
+                "",
+                now,
+                sets,
+            )
+        )
+        self.writer.hold(run.id, token)
+        return self.get_flow_run(run.id)
+
+    def finish_flow_run(
+        self,
+        run: FlowRun,
+        target: StateType,
+        name: str,
+        message: str = "",
+        result: Op | None = None,
+        result_id: str | None = None,
+    ) -> FlowRun:
+        """Journal a run's final state (with its result) and give up its lease (durable)."""
+        now = clock.now_ms()
+        sets: dict[str, Any] = {"ended_ms": now, "lease_token": None}
+        if result_id is not None:
+            sets["result_id"] = result_id
+        ops = [result] if result is not None else []
+        ops += _move(
+            "flow_runs",
+            run.id,
+            run.state_type,
+            run.version,
+            target,
+            name,
+            message,
+            now,
+            sets,
+            fence=run.id,
+        )
+        try:
+            self.writer.commit(ops)
+        finally:
+            self.writer.release(run.id)
+        return self.get_flow_run(run.id)
+
+    def reschedule_flow_run(self, run: FlowRun, message: str) -> FlowRun:
+        """Bring an unfinished run back to Pending to execute it again (durable, CAS)."""
+        now, ops = clock.now_ms(), []
+        state, version = run.state_type, run.version
+        for target, name in path_to_pending(state):
+            ops += _move("flow_runs", run.id, state, version, target, name, message, now)
+            state, version = target, version + 1
+        self.writer.commit(ops)
+        return self.get_flow_run(run.id)
+
+    def mark_crashed(self, run: FlowRun, message: str) -> FlowRun:
+        """Declare a run's owner dead: the run and its in-flight task runs become Crashed."""
+        now = clock.now_ms()
+        ops = _move(
+            "flow_runs",
+            run.id,
+            run.state_type,
+            run.version,
+            StateType.CRASHED,
+            "Crashed",
+            message,
+            now,
+            {"ended_ms": now, "lease_token": None},
+        )
+        for task in self.task_runs(run.id):
+            if task.state_type in (StateType.PENDING, StateType.RUNNING):
+                ops += _move(
+                    "task_runs",
+                    task.id,
+                    task.state_type,
+                    task.version,
+                    StateType.CRASHED,
+                    "Crashed",
+                    message,
+                    now,
+                    {"ended_ms": now},
+                )
+        self.writer.commit(ops)
+        return self.get_flow_run(run.id)
+
+    # -- task runs (the hot path) --------------------------------------------
+
+    def start_task_run(
+        self, flow_run_id: str, position: int, task_key: str, dynamic_key: int, kind: str
+    ) -> str:
+        """Journal a new task run Pending -> Running (deferred). Returns its id."""
+        task_run_id, now = new_id(), clock.now_ms()
+        fence = flow_run_id
+        defer = self.writer.defer
+        defer(
+            Op(
+                _INSERT_TASK,
+                (task_run_id, flow_run_id, position, task_key, dynamic_key, kind, now),
+                fence=fence,
+            )
+        )
+        defer(
+            Op(
+                _INSERT_STATE,
+                (task_run_id, 1, None, "PENDING", "Pending", now, "", None),
+                fence=fence,
+            )
+        )
+        defer(
+            Op(
+                _TASK_RUNNING,
+                ("Running", 2, 1, now, task_run_id, 1),
+                fence=fence,
+                expect=(task_run_id, 1, "task_runs"),
+            )
+        )
+        defer(
+            Op(
+                _INSERT_STATE,
+                (task_run_id, 2, "PENDING", "RUNNING", "Running", now, "", None),
+                fence=fence,
+            )
+        )
+        return task_run_id
+
+    def restart_task_run(self, task: TaskRun, message: str) -> int:
+        """Run a recorded, unfinished task run again (deferred). Returns its new version."""
+        now = clock.now_ms()
+        state, version = task.state_type, task.version
+        if state in (StateType.RUNNING, StateType.PENDING):
+            for op in _move(
+                "task_runs",
+                task.id,
+                state,
+                version,
+                StateType.CRASHED,
+                "Crashed",
+                message,
+                now,
+                fence=task.flow_run_id,
+            ):
+                self.writer.defer(op)
+            state, version = StateType.CRASHED, version + 1
+        for target, name in path_to_pending(state):
+            for op in _move(
+                "task_runs",
+                task.id,
+                state,
+                version,
+                target,
+                name,
+                message,
+                now,
+                fence=task.flow_run_id,
+            ):
+                self.writer.defer(op)
+            state, version = target, version + 1
+        check_move(state, StateType.RUNNING, "Running", task.id)
+        self.writer.defer(
+            Op(
+                _TASK_RUNNING,
+                ("Running", version + 1, task.attempt + 1, now, task.id, version),
+                fence=task.flow_run_id,
+                expect=(task.id, version, "task_runs"),
+            )
+        )
+        self.writer.defer(
+            Op(
+                _INSERT_STATE,
+                (task.id, version + 1, state.value, "RUNNING", "Running", now, message, None),
+                fence=task.flow_run_id,
+            )
+        )
+        return version + 1
+
+    def finish_task_run(
+        self,
+        flow_run_id: str,
+        task_run_id: str,
+        version: int,
+        target: StateType,
+        name: str,
+        message: str = "",
+        result: Op | None = None,
+        result_id: str | None = None,
+    ) -> None:
+        """Journal a task run's final state and result (durable)."""
+        now = clock.now_ms()
+        check_move(StateType.RUNNING, target, name, task_run_id)
+        ops = [result] if result is not None else []
+        ops.append(
+            Op(
+                _TASK_FINISHED,
+                (target.value, name, message, version + 1, result_id, now, task_run_id, version),
+                fence=flow_run_id,
+                expect=(task_run_id, version, "task_runs"),
+            )
+        )
+        ops.append(
+            Op(
+                _INSERT_STATE,
+                (task_run_id, version + 1, "RUNNING", target.value, name, now, message, None),
+                fence=flow_run_id,
+            )
+        )
+        self.writer.commit(ops)
+
+    # -- logs ---------------------------------------------------------------
+
+    def log(
+        self,
+        flow_run_id: str | None,
+        task_run_id: str | None,
+        level: str,
+        logger: str,
+        message: str,
+        extra: str | None = None,
+        ts_ms: int | None = None,
+    ) -> None:
+        """Capture a log line (deferred)."""
+        self.writer.defer(
+            Op(
+                "INSERT INTO logs (flow_run_id, task_run_id, level, ts_ms, logger, message, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (flow_run_id, task_run_id, level, ts_ms or clock.now_ms(), logger, message, extra),
+            )
+        )
+
+    def flush(self, ops: Iterable[Op] = ()) -> None:
+        """Commit everything deferred, and ``ops`` with it (durable)."""
+        self.writer.commit(ops)
+
+    def integrity_check(self) -> str:
+        """SQLite's own check of the file: ``"ok"`` when sound."""
+        return str(self._rows("PRAGMA integrity_check")[0][0])
+
+    def close(self) -> None:
+        """Commit what is pending and close the connection."""
+        self.writer.close()
+        with self.writer.lock:
+            self._conn.close()
+
+
+_journals: dict[tuple[int, Path], Journal] = {}
+_journals_lock = threading.Lock()
+
+
+def _close_at_exit() -> None:
+    """Commit what is still deferred (the last log lines) when the process exits."""
+    for (pid, _), journal in list(_journals.items()):
+        if pid == os.getpid():
+            try:
+                journal.writer.close()
+            except Exception as exc:  # the process is ending: say it, don't raise
+                print(f"persevere: could not flush the journal at exit: {exc}", file=sys.stderr)
+
+
+atexit.register(_close_at_exit)
+
+
+def open_journal(path: Path | str | None = None, settings: Settings | None = None) -> Journal:
+    """This process's journal for a database file (the default one if no path)."""
+    settings = settings or Settings.from_env()
+    resolved = Path(path or settings.database).expanduser().absolute()
+    key = (os.getpid(), resolved)  # a forked child must not share its parent's connection
+    with _journals_lock:
+        journal = _journals.get(key)
+        if journal is None:
+            journal = Journal(resolved, settings)
+            _journals[key] = journal
+        return journal
+
+
+def close_all(paths: Iterable[Path] | None = None) -> None:
+    """Close the journals this process opened (all, or those for ``paths``)."""
+    with _journals_lock:
+        for key in list(_journals):
+            if paths is None or key[1] in set(paths):
+                _journals.pop(key).close()

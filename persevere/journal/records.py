@@ -1,0 +1,105 @@
+"""Rows of the journal as typed, immutable records."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from ..statemachine import Owner, StateType
+
+T = TypeVar("T")
+
+
+def from_row(cls: type[T], row: sqlite3.Row) -> T:
+    """Build a record from a row that has (at least) the record's columns."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        value = row[f.name]
+        if f.name in ("state_type", "from_type", "to_type") and value is not None:
+            value = StateType(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class FlowRun:
+    """A flow run as the journal holds it."""
+
+    id: str
+    flow_name: str
+    entrypoint: str | None
+    parameters: str
+    state_type: StateType
+    state_name: str
+    state_message: str
+    version: int
+    run_key: str | None
+    parent_flow_run_id: str | None
+    parent_task_run_id: str | None
+    lease_token: str | None
+    owner_host: str | None
+    owner_pid: int | None
+    owner_started: str | None
+    lease_expires_ms: int | None
+    created_ms: int
+    started_ms: int | None
+    ended_ms: int | None
+    result_id: str | None
+    run_count: int
+
+    @property
+    def owner(self) -> Owner | None:
+        """The process that holds (or last held) this run."""
+        if self.owner_host is None or self.owner_pid is None:
+            return None
+        return Owner(self.owner_host, self.owner_pid, self.owner_started or "")
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """A task run (or the call of a subflow) inside a flow run."""
+
+    id: str
+    flow_run_id: str
+    position: int
+    task_key: str
+    dynamic_key: int
+    kind: str
+    state_type: StateType
+    state_name: str
+    state_message: str
+    version: int
+    attempt: int
+    result_id: str | None
+    created_ms: int
+    started_ms: int | None
+    ended_ms: int | None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One journaled move of a run."""
+
+    run_id: str
+    version: int
+    from_type: StateType | None
+    to_type: StateType
+    name: str
+    ts_ms: int
+    message: str
+    details: str | None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One captured log line."""
+
+    id: int
+    flow_run_id: str | None
+    task_run_id: str | None
+    level: str
+    ts_ms: int
+    logger: str | None
+    message: str
+    extra: str | None

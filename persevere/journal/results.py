@@ -1,0 +1,194 @@
+"""Turning values into stored bytes and back: typed JSON by default, signed pickle on request.
+
+JSON is the default because a JSON result can be read by anyone (``persevere
+runs show``) and loading it cannot run code. Plain JSON would hand back a list
+for a tuple and a string for a datetime, so a replayed task would return
+something else than it did the first time; values JSON lacks are therefore
+written as tagged objects ``{"__persevere__": tag, "v": ...}`` and rebuilt
+exactly.
+
+Pickle is opt-in (``result_serializer="pickle"``) and every pickled payload is
+prefixed with an HMAC-SHA256 of it under a key kept beside the database
+(mode 0600). Loading checks the HMAC first; a payload that fails is refused
+and never unpickled, so a tampered database cannot run code.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import pickle
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import SerializationError, TamperedResult
+
+SERIALIZERS = ("json", "pickle")
+_TAG = "__persevere__"
+
+
+def _tagged(tag: str, value: Any) -> dict[str, Any]:
+    return {_TAG: tag, "v": value}
+
+
+def _encode(value: Any) -> Any:
+    """Encode the values plain JSON lacks; called by json for unknown types."""
+    if isinstance(value, tuple):
+        return _tagged("tuple", [_walk(v) for v in value])
+    if isinstance(value, frozenset):
+        return _tagged("frozenset", [_walk(v) for v in value])
+    if isinstance(value, set):
+        return _tagged("set", [_walk(v) for v in value])
+    if isinstance(value, bytes):
+        return _tagged("bytes", base64.b64encode(value).decode("ascii"))
+    if isinstance(value, dt.datetime):
+        return _tagged("datetime", value.isoformat())
+    if isinstance(value, dt.date):
+        return _tagged("date", value.isoformat())
+    if isinstance(value, dt.time):
+        return _tagged("time", value.isoformat())
+    if isinstance(value, dt.timedelta):
+        return _tagged("timedelta", [value.days, value.seconds, value.microseconds])
+    if isinstance(value, uuid.UUID):
+        return _tagged("uuid", str(value))
+    if isinstance(value, decimal.Decimal):
+        return _tagged("decimal", str(value))
+    if isinstance(value, pathlib.PurePath):
+        return _tagged("path", str(value))
+    raise TypeError(type(value).__qualname__)
+
+
+def _walk(value: Any) -> Any:
+    """Rewrite containers json would flatten (tuples, non-string dict keys)."""
+    if isinstance(value, list):
+        return [_walk(v) for v in value]
+    if isinstance(value, dict):
+        if all(type(k) is str for k in value):
+            if _TAG in value:
+                return _tagged("dict", [[k, _walk(v)] for k, v in value.items()])
+            return {k: _walk(v) for k, v in value.items()}
+        return _tagged("dict", [[_walk(k), _walk(v)] for k, v in value.items()])
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return _encode(value)
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "tuple": tuple,
+    "set": set,
+    "frozenset": frozenset,
+    "bytes": lambda v: base64.b64decode(v),
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
+    "uuid": uuid.UUID,
+    "decimal": decimal.Decimal,
+    "path": pathlib.Path,
+    "dict": lambda pairs: {_freeze(k): v for k, v in pairs},
+}
+
+
+def _freeze(key: Any) -> Any:
+    # Dict keys came back through JSON as lists where they were tuples.
+    return tuple(_freeze(k) for k in key) if isinstance(key, list) else key
+
+
+def _decode_object(obj: dict[str, Any]) -> Any:
+    tag = obj.get(_TAG)
+    if tag is None or len(obj) != 2:
+        return obj
+    try:
+        return _DECODERS[tag](obj["v"])
+    except KeyError:
+        raise SerializationError(f"stored value has an unknown type tag {tag!r}") from None
+
+
+def to_json(value: Any) -> str:
+    """Encode a value as typed JSON text; ``TypeError`` names an unsupported type."""
+    return json.dumps(_walk(value), separators=(",", ":"), allow_nan=True)
+
+
+def from_json(text: str | bytes) -> Any:
+    """Decode typed JSON text back into the value it was made from."""
+    return json.loads(text, object_hook=_decode_object)
+
+
+def load_key(key_path: Path) -> bytes:
+    """The HMAC key beside the database, created (mode 0600) on first use."""
+    try:
+        return key_path.read_bytes()
+    except FileNotFoundError:
+        pass
+    key = os.urandom(32)
+    try:
+        fd = os.open(key_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return key_path.read_bytes()  # another process made it first
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
+
+
+class Codec:
+    """Serializes values for one database (the pickle key is that database's)."""
+
+    def __init__(self, key_path: Path) -> None:
+        self._key_path = key_path
+        self._key: bytes | None = None
+
+    def _hmac_key(self) -> bytes:
+        if self._key is None:
+            self._key = load_key(self._key_path)
+        return self._key
+
+    def dumps(self, value: Any, serializer: str, what: str) -> bytes:
+        """Serialize ``value``; ``what`` names it in errors (e.g. "result of task 'x'")."""
+        if serializer == "json":
+            try:
+                return to_json(value).encode()
+            except (TypeError, ValueError) as exc:
+                raise SerializationError(
+                    f"{what} (a {type(value).__qualname__}) cannot be stored as JSON "
+                    f"({exc}); return JSON-friendly data or pass "
+                    'result_serializer="pickle" to the task or flow'
+                ) from None
+        if serializer == "pickle":
+            try:
+                payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise SerializationError(
+                    f"{what} (a {type(value).__qualname__}) cannot be pickled ({exc})"
+                ) from None
+            signature = hmac.new(self._hmac_key(), payload, hashlib.sha256).digest()
+            return signature + payload
+        raise SerializationError(f"unknown serializer {serializer!r}; use one of {SERIALIZERS}")
+
+    def loads(self, data: bytes, serializer: str) -> Any:
+        """Load a stored value, refusing a pickle whose signature does not match."""
+        if serializer == "json":
+            return from_json(data)
+        if serializer == "pickle":
+            signature, payload = data[:32], data[32:]
+            expected = hmac.new(self._hmac_key(), payload, hashlib.sha256).digest()
+            if not hmac.compare_digest(signature, expected):
+                raise TamperedResult(
+                    "a pickled result failed its signature check and was not loaded: "
+                    "the database was changed outside persevere, or its key file "
+                    f"{self._key_path} was replaced"
+                )
+            return pickle.loads(payload)
+        raise SerializationError(f"unknown serializer {serializer!r}; use one of {SERIALIZERS}")
+
+
+def content_id(serializer: str, data: bytes) -> str:
+    """The content address of a stored value."""
+    return hashlib.sha256(serializer.encode() + b"\x00" + data).hexdigest()

@@ -1,0 +1,165 @@
+"""The schema and its forward-only migrations.
+
+The version lives in a one-row ``schema_version`` table. Opening a database
+at the current version costs one SELECT; sqlite-utils (~70 ms to import) is
+loaded only when there is something to create or migrate. A database from a
+newer persevere is refused and never altered.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import DatabaseError, SchemaTooNew
+
+
+def _v1(db: Any) -> None:
+    db.table("flow_runs").create(
+        {
+            "id": str,
+            "flow_name": str,
+            "entrypoint": str,
+            "parameters": str,
+            "state_type": str,
+            "state_name": str,
+            "state_message": str,
+            "version": int,
+            "run_key": str,
+            "parent_flow_run_id": str,
+            "parent_task_run_id": str,
+            "deployment_id": str,
+            "work_queue": str,
+            "lease_token": str,
+            "owner_host": str,
+            "owner_pid": int,
+            "owner_started": str,
+            "lease_expires_ms": int,
+            "scheduled_ms": int,
+            "created_ms": int,
+            "started_ms": int,
+            "ended_ms": int,
+            "result_id": str,
+            "run_count": int,
+        },
+        pk="id",
+        not_null=["flow_name", "state_type", "state_name", "version", "created_ms"],
+        defaults={"parameters": "{}", "state_message": "", "run_count": 0},
+    )
+    db.table("flow_runs").create_index(["run_key"], unique=True)
+    db.table("flow_runs").create_index(["state_type"])
+    db.table("flow_runs").create_index(["created_ms"])
+    db.table("flow_runs").create_index(["parent_task_run_id"])
+    db.table("task_runs").create(
+        {
+            "id": str,
+            "flow_run_id": str,
+            "position": int,
+            "task_key": str,
+            "dynamic_key": int,
+            "kind": str,
+            "cache_key": str,
+            "inputs_hash": str,
+            "state_type": str,
+            "state_name": str,
+            "state_message": str,
+            "version": int,
+            "attempt": int,
+            "next_attempt_ms": int,
+            "result_id": str,
+            "created_ms": int,
+            "started_ms": int,
+            "ended_ms": int,
+        },
+        pk="id",
+        foreign_keys=[("flow_run_id", "flow_runs", "id")],
+        not_null=[
+            "flow_run_id",
+            "position",
+            "task_key",
+            "dynamic_key",
+            "state_type",
+            "state_name",
+            "version",
+            "attempt",
+            "created_ms",
+        ],
+        defaults={"kind": "task", "state_message": "", "attempt": 1},
+    )
+    db.table("task_runs").create_index(["flow_run_id", "position"], unique=True)
+    db.table("task_runs").create_index(["flow_run_id", "task_key", "dynamic_key"], unique=True)
+    # The append-only history of every transition of every run (flow or task).
+    db.execute(
+        """CREATE TABLE states (
+            run_id TEXT NOT NULL, version INTEGER NOT NULL,
+            from_type TEXT, to_type TEXT NOT NULL, name TEXT NOT NULL,
+            ts_ms INTEGER NOT NULL, message TEXT NOT NULL DEFAULT '', details TEXT,
+            PRIMARY KEY (run_id, version)) WITHOUT ROWID"""
+    )
+    db.table("results").create(
+        {"id": str, "serializer": str, "data": bytes, "path": str, "size": int, "created_ms": int},
+        pk="id",
+        not_null=["serializer", "size", "created_ms"],
+    )
+    db.table("logs").create(
+        {
+            "id": int,
+            "flow_run_id": str,
+            "task_run_id": str,
+            "level": str,
+            "ts_ms": int,
+            "logger": str,
+            "message": str,
+            "extra": str,
+        },
+        pk="id",
+        not_null=["level", "ts_ms", "message"],
+    )
+    db.table("logs").create_index(["flow_run_id", "id"])
+
+
+#: Migration n brings a database from version n-1 to version n.
+MIGRATIONS: list[Callable[[Any], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _read_version(conn: sqlite3.Connection) -> int:
+    try:
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    return int(row[0]) if row else 0
+
+
+def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION`, or refuse a newer one."""
+    try:
+        found = _read_version(conn)
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(str(path), f"cannot be read as a database ({exc})") from None
+    if found == SCHEMA_VERSION:
+        return
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(str(path), found, SCHEMA_VERSION)
+    import sqlite_utils  # deferred: only a new or old database pays for it
+
+    db = sqlite_utils.Database(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = _read_version(conn)  # another process may have migrated meanwhile
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(str(path), found, SCHEMA_VERSION)
+        if found == 0 and not db.table("schema_version").exists():
+            db.table("schema_version").create({"version": int})
+            db.table("schema_version").insert({"version": 0})
+        for number in range(found + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[number - 1](db)
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

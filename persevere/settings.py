@@ -1,0 +1,61 @@
+"""Settings, read from the environment in one place.
+
+``PERSEVERE_HOME`` (default ``~/.persevere``) holds the database
+``persevere.db``; ``PERSEVERE_DB`` names another database file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be greater than zero")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings in force for this process."""
+
+    home: Path
+    database: Path
+    lease_seconds: float
+    flush_seconds: float
+    synchronous: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the settings from ``PERSEVERE_*`` environment variables."""
+        home = Path(os.environ.get("PERSEVERE_HOME") or Path.home() / ".persevere").expanduser()
+        db = os.environ.get("PERSEVERE_DB")
+        synchronous = os.environ.get("PERSEVERE_SYNCHRONOUS", "NORMAL").upper()
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"PERSEVERE_SYNCHRONOUS={synchronous!r} must be NORMAL or FULL")
+        return cls(
+            home=home,
+            database=Path(db).expanduser() if db else home / "persevere.db",
+            # A lease that is not renewed for this long marks its owner dead
+            # (owners on another host; same-host owners are checked by pid).
+            lease_seconds=_float_env("PERSEVERE_LEASE_SECONDS", 30.0),
+            # How long a journal write that nobody waits for may stay buffered.
+            flush_seconds=_float_env("PERSEVERE_FLUSH_SECONDS", 0.05),
+            synchronous=synchronous,
+            log_level=os.environ.get("PERSEVERE_LOG_LEVEL", "INFO").upper(),
+        )
+
+
+def current() -> Settings:
+    """The settings as the environment says now."""
+    return Settings.from_env()

@@ -1,0 +1,87 @@
+"""The ``@task`` decorator and the Task object it makes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .journal.results import SERIALIZERS
+from .worker import run_task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task(Generic[P, R]):
+    """A Python function whose calls inside a flow are journaled task runs.
+
+    Inside a flow run, a call whose task run completed before (in an earlier
+    execution of the same flow run) returns the recorded result without
+    running the body. Outside a flow it is a plain function call.
+    """
+
+    fn: Callable[P, R]
+    name: str
+    result_serializer: str = "json"
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.result_serializer not in SERIALIZERS:
+            raise ValueError(
+                f"result_serializer={self.result_serializer!r}; use one of {SERIALIZERS}"
+            )
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            object.__setattr__(self, attr, getattr(self.fn, attr, None))
+        object.__setattr__(self, "__wrapped__", self.fn)
+
+    @property
+    def task_key(self) -> str:
+        """What identifies this task in the journal (with the call's dynamic key)."""
+        return self.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return_state = bool(kwargs.pop("return_state", False))
+        return run_task(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+
+    def with_options(self, **changes: Any) -> Task[P, R]:
+        """A copy of this task with other options."""
+        return dataclasses.replace(self, **changes)
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    *, name: str | None = None, result_serializer: str = "json", description: str | None = None
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    result_serializer: str = "json",
+    description: str | None = None,
+) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """Make a function a task: each call inside a flow is a journaled task run.
+
+    Args:
+        name: the task's name and key in the journal (default: the function's
+            qualified name). Renaming a task changes its key: a run recorded
+            under the old name replays only under that name.
+        result_serializer: ``"json"`` (default) or ``"pickle"`` (signed).
+        description: free text (default: the docstring).
+    """
+
+    def decorate(f: Callable[P, R]) -> Task[P, R]:
+        return Task(
+            f,
+            name or f.__qualname__,
+            result_serializer,
+            description or (f.__doc__ or "").strip() or None,
+        )
+
+    return decorate(fn) if fn is not None else decorate

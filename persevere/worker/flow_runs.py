@@ -1,0 +1,242 @@
+"""Executing flow runs: new runs, runs found by run key, subflows, and resumes.
+
+One code path: every flow run, whether started by a call, a run key, the CLI
+or a resume, goes through :func:`execute`, which brings the run to Pending,
+claims it (Running, with this process as owner and a fresh lease token),
+loads what its earlier executions recorded, and calls the flow function with
+the run context set. Task calls inside it consult that record (see
+``task_runs``) and replay what completed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from ..context import FlowRunContext, flow_run_context
+from ..exceptions import (
+    LeaseLost,
+    RunKeyConflict,
+    RunNotResumable,
+    SerializationError,
+)
+from ..journal import FlowRun, Journal, new_id, open_journal
+from ..statemachine import State, StateType
+from . import entrypoints, parameters, recovery
+from .logs import capture_prints, get_run_logger
+from .owners import this_process
+from .task_runs import check_recorded, describe, load_recorded
+
+RESUMABLE = (StateType.CRASHED, StateType.FAILED, StateType.CANCELLED)
+
+
+def deliver(state: State, return_state: bool) -> Any:
+    """What a call returns: the State if asked for, else the value (or the raise)."""
+    if return_state:
+        return state
+    if state.type is StateType.COMPLETED:
+        return state.data
+    if isinstance(state.data, BaseException):
+        raise state.data
+    raise RuntimeError(f"run {state.run_id} ended {state.name}: {state.message}")
+
+
+def run_flow(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool) -> Any:
+    """Run a flow called from Python (the body of ``Flow.__call__``)."""
+    params = parameters.bind(flow.fn, args, kwargs)
+    parent = flow_run_context.get()
+    if parent is not None:
+        return deliver(_run_subflow(parent, flow, params), return_state)
+    journal = open_journal()
+    run = _find_or_create(journal, flow, params)
+    if run.state_type is StateType.COMPLETED:
+        return deliver(completed_state(journal, run), return_state)
+    state, _ = execute(journal, flow, run, params)
+    return deliver(state, return_state)
+
+
+def completed_state(journal: Journal, run: FlowRun) -> State:
+    """The State of a completed run, with its stored result."""
+    value = journal.load_result(run.result_id) if run.result_id else None
+    return State(
+        StateType.COMPLETED, run.state_name, run.state_message, run.ended_ms or 0, run.id, value
+    )
+
+
+def _find_or_create(journal: Journal, flow: Any, params: dict[str, Any]) -> FlowRun:
+    stored, ops = parameters.encode(journal, params)
+    if flow.run_key is not None:
+        existing = journal.find_flow_run_by_key(flow.run_key)
+        if existing is not None:
+            _check_same_call(existing, flow, stored)
+            return recovery.refresh(journal, existing)
+    if ops:
+        journal.flush(ops)
+    run = journal.create_flow_run(
+        flow_name=flow.name,
+        entrypoint=entrypoints.entrypoint_of(flow.fn),
+        parameters=stored,
+        run_key=flow.run_key,
+        owner=this_process(),
+    )
+    if run.parameters != stored or run.flow_name != flow.name:
+        _check_same_call(run, flow, stored)  # lost a race for the run key
+    return run
+
+
+def _check_same_call(run: FlowRun, flow: Any, stored: str) -> None:
+    if run.flow_name != flow.name:
+        raise RunKeyConflict(flow.run_key, f"belongs to a run of flow {run.flow_name!r} ({run.id})")
+    if run.parameters != stored:
+        raise RunKeyConflict(
+            flow.run_key,
+            f"was started with other parameters ({run.parameters}); "
+            "use a new run key for new parameters",
+        )
+
+
+def _prepare(journal: Journal, run: FlowRun) -> FlowRun:
+    """Bring a run to Pending so that this process can claim it."""
+    run = recovery.refresh(journal, run)
+    me = this_process()
+    if run.state_type in (StateType.PENDING, StateType.RUNNING):
+        owner = run.owner
+        if run.state_type is StateType.PENDING and (owner is None or owner == me):
+            return run
+        who = owner.label() if owner else "another process"
+        raise RunNotResumable(run.id, run.state_name, f"run {run.id} is executing in {who}")
+    if run.state_type is StateType.COMPLETED:
+        raise RunNotResumable(run.id, run.state_name, f"run {run.id} has completed already")
+    return journal.reschedule_flow_run(run, f"resumed by {me.label()}")
+
+
+def execute(
+    journal: Journal, flow: Any, run: FlowRun, params: dict[str, Any]
+) -> tuple[State, FlowRun]:
+    """Claim a run and execute its flow function; returns the final State and run."""
+    run = _prepare(journal, run)
+    run = journal.claim_flow_run(run, this_process(), new_id())
+    recorded = {t.position: t for t in journal.task_runs(run.id)} if run.run_count > 1 else {}
+    ctx = FlowRunContext(journal, run, flow, recorded, log_prints=flow.log_prints)
+    if flow.log_prints:
+        capture_prints()
+    token = flow_run_context.set(ctx)
+    try:
+        logger = get_run_logger("persevere.flow_runs")
+        if recorded:
+            logger.info(f"Flow run {flow.name!r} resumed: {len(recorded)} task runs on record")
+        else:
+            logger.info(f"Flow run {flow.name!r} started")
+        state = _call(ctx, flow, params)
+        done = sum(1 for t in recorded.values() if t.state_type is StateType.COMPLETED)
+        summary = f"{ctx.executed} task runs executed"
+        if done:
+            summary += f", {ctx.replayed} replayed from the journal"
+        logger.info(f"Finished in state {state.name} ({summary})")
+    finally:
+        flow_run_context.reset(token)
+    return state, ctx.run
+
+
+def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State:
+    journal, run = ctx.journal, ctx.run
+    signature = inspect.signature(flow.fn)
+    bound = inspect.BoundArguments(signature, params)  # type: ignore[arg-type,unused-ignore]
+    try:
+        value = flow.fn(*bound.args, **bound.kwargs)
+    except LeaseLost:
+        raise  # the run is somebody else's now: record nothing
+    except Exception as exc:
+        ctx.run = journal.finish_flow_run(run, StateType.FAILED, "Failed", describe(exc))
+        return State(StateType.FAILED, "Failed", describe(exc), 0, run.id, exc)
+    except BaseException as exc:
+        message = f"interrupted by {type(exc).__name__}"
+        ctx.run = journal.finish_flow_run(run, StateType.CRASHED, "Crashed", message)
+        raise
+    try:
+        result_id, op = journal.result_op(
+            value, flow.result_serializer, f"result of flow {flow.name!r}", fence=run.id
+        )
+    except SerializationError as exc:
+        ctx.run = journal.finish_flow_run(run, StateType.FAILED, "Failed", str(exc))
+        return State(StateType.FAILED, "Failed", str(exc), 0, run.id, exc)
+    ctx.run = journal.finish_flow_run(
+        run, StateType.COMPLETED, "Completed", result=op, result_id=result_id
+    )
+    return State(StateType.COMPLETED, "Completed", "", ctx.run.ended_ms or 0, run.id, value)
+
+
+def _run_subflow(parent: FlowRunContext, flow: Any, params: dict[str, Any]) -> State:
+    """A flow called inside a flow: a child run, recorded in the parent as one call."""
+    journal = parent.journal
+    position, dynamic_key = parent.allocate(flow.name)
+    recorded = parent.recorded.get(position)
+    child: FlowRun | None = None
+    if recorded is not None:
+        check_recorded(parent, position, recorded, flow.name, "flow")
+        if recorded.state_type is StateType.COMPLETED:
+            parent.replayed += 1
+            return load_recorded(journal, recorded)
+        child = journal.child_flow_run(recorded.id)
+        version = journal.restart_task_run(recorded, "re-run on resume")
+        call_id = recorded.id
+    else:
+        call_id = journal.start_task_run(parent.run.id, position, flow.name, dynamic_key, "flow")
+        version = 2
+    if child is None:
+        stored, ops = parameters.encode(journal, params, fence=parent.run.id)
+        journal.flush(ops)
+        child = journal.create_flow_run(
+            flow_name=flow.name,
+            entrypoint=entrypoints.entrypoint_of(flow.fn),
+            parameters=stored,
+            parent_flow_run_id=parent.run.id,
+            parent_task_run_id=call_id,
+            owner=this_process(),
+        )
+    if child.state_type is StateType.COMPLETED:
+        state = completed_state(journal, child)
+    else:
+        state, child = execute(journal, flow, child, params)
+    parent.executed += 1
+    journal.finish_task_run(
+        parent.run.id,
+        call_id,
+        version,
+        state.type,
+        state.name,
+        state.message,
+        result_id=child.result_id if state.type is StateType.COMPLETED else None,
+    )
+    return state
+
+
+def resume(journal: Journal, run_id: str) -> tuple[State, FlowRun]:
+    """Execute a Crashed, Failed or Cancelled run again from its entrypoint.
+
+    Completed task runs are replayed from the journal; the rest run.
+    """
+    run = recovery.refresh(journal, journal.resolve_flow_run(run_id))
+    if run.parent_flow_run_id is not None:
+        raise RunNotResumable(
+            run.id,
+            run.state_name,
+            f"run {run.id} is a subflow of run {run.parent_flow_run_id}; resume that run",
+        )
+    if run.state_type not in RESUMABLE:
+        raise RunNotResumable(run.id, run.state_name)
+    if not run.entrypoint:
+        raise RunNotResumable(
+            run.id,
+            run.state_name,
+            f"run {run.id} has no entrypoint (its flow was defined interactively)",
+        )
+    flow = entrypoints.load(run.entrypoint)
+    if flow.name != run.flow_name:
+        raise RunNotResumable(
+            run.id,
+            run.state_name,
+            f"{run.entrypoint} is now flow {flow.name!r}, but run {run.id} is of flow "
+            f"{run.flow_name!r}",
+        )
+    return execute(journal, flow, run, parameters.decode(journal, run.parameters))
