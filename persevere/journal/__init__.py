@@ -1,7 +1,7 @@
 """All SQL of persevere: schema, migrations, the Journal API and result codecs."""
 
 from .journal import Journal, close_all, new_id, open_journal
-from .records import FlowRun, LogLine, TaskRun, Transition
+from .records import FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition
 from .results import Codec, from_json, to_json
 from .schema import SCHEMA_VERSION
 from .writer import Op
@@ -13,7 +13,9 @@ __all__ = [
     "Journal",
     "LogLine",
     "Op",
+    "StoredResult",
     "TaskRun",
+    "TaskStart",
     "Transition",
     "close_all",
     "from_json",

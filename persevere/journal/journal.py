@@ -22,7 +22,7 @@ from ..exceptions import RunNotFound
 from ..settings import Settings
 from ..statemachine import Owner, StateType, check_move, path_to_pending
 from .connection import connect
-from .records import FlowRun, LogLine, TaskRun, Transition, from_row
+from .records import FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition, from_row
 from .results import Codec, content_id
 from .schema import ensure_schema
 from .writer import Op, Writer
@@ -34,7 +34,8 @@ _FLOW_COLUMNS = (
 )
 _TASK_COLUMNS = (
     "id, flow_run_id, position, task_key, dynamic_key, kind, state_type, state_name, "
-    "state_message, version, attempt, result_id, created_ms, started_ms, ended_ms"
+    "state_message, version, attempt, result_serializer, result, result_id, created_ms, "
+    "started_ms, ended_ms"
 )
 _INSERT_STATE = "INSERT INTO states VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_TASK = (
@@ -48,8 +49,22 @@ _TASK_RUNNING = (
 )
 _TASK_FINISHED = (
     "UPDATE task_runs SET state_type = ?, state_name = ?, state_message = ?, version = ?, "
-    "result_id = ?, ended_ms = ? WHERE id = ? AND version = ?"
+    "result_serializer = ?, result = ?, result_id = ?, ended_ms = ? WHERE id = ? AND version = ?"
 )
+# A task that finished before its start was committed: one row, three history rows.
+_INSERT_FINISHED_TASK = (
+    "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
+    "state_type, state_name, state_message, version, attempt, result_serializer, result, "
+    "result_id, created_ms, started_ms, ended_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 3, 1, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_THREE_STATES = (
+    "INSERT INTO states VALUES (?, 1, NULL, 'PENDING', 'Pending', ?, '', NULL), "
+    "(?, 2, 'PENDING', 'RUNNING', 'Running', ?, '', NULL), "
+    "(?, 3, 'RUNNING', ?, ?, ?, ?, NULL)"
+)
+#: Results up to this size are kept in the task run's row.
+INLINE_LIMIT = 256
 _INSERT_RESULT = (
     "INSERT OR IGNORE INTO results (id, serializer, data, size, created_ms) VALUES (?, ?, ?, ?, ?)"
 )
@@ -230,15 +245,31 @@ class Journal:
 
     # -- results ------------------------------------------------------------
 
-    def result_op(
-        self, value: Any, serializer: str, what: str, fence: str | None = None
-    ) -> tuple[str, Op]:
-        """Serialize a value; returns its result id and the write that stores it."""
+    def store(
+        self,
+        value: Any,
+        serializer: str,
+        what: str,
+        fence: str | None = None,
+        inline: bool = True,
+    ) -> StoredResult:
+        """Serialize a value: kept inline if small (and ``inline``), else in ``results``."""
         data = self.codec.dumps(value, serializer, what)
+        if inline and len(data) <= INLINE_LIMIT:
+            return StoredResult(serializer, data, None, None)
         result_id = content_id(serializer, data)
-        return result_id, Op(
+        op = Op(
             _INSERT_RESULT, (result_id, serializer, data, len(data), clock.now_ms()), fence=fence
         )
+        return StoredResult(serializer, None, result_id, op)
+
+    def load_task_result(self, task: TaskRun) -> Any:
+        """The value a completed task run returned."""
+        if task.result is not None and task.result_serializer:
+            return self.codec.loads(bytes(task.result), task.result_serializer)
+        if task.result_id:
+            return self.load_result(task.result_id)
+        return None
 
     # -- flow runs ----------------------------------------------------------
 
@@ -343,7 +374,7 @@ class Journal:
                 sets,
             )
         )
-        self.writer.hold(run.id, token)
+        self.writer.hold(run.id, token, now)
         return self.get_flow_run(run.id)
 
     def finish_flow_run(
@@ -352,15 +383,20 @@ class Journal:
         target: StateType,
         name: str,
         message: str = "",
-        result: Op | None = None,
-        result_id: str | None = None,
+        result: StoredResult | None = None,
     ) -> FlowRun:
-        """Journal a run's final state (with its result) and give up its lease (durable)."""
+        """Journal a run's final state (with its result) and give up its lease (durable).
+
+        A flow run's result is always kept in ``results`` (store it with
+        ``inline=False``), so that a parent's task run can refer to it.
+        """
         now = clock.now_ms()
         sets: dict[str, Any] = {"ended_ms": now, "lease_token": None}
-        if result_id is not None:
-            sets["result_id"] = result_id
-        ops = [result] if result is not None else []
+        ops = []
+        if result is not None:
+            sets["result_id"] = result.result_id
+            if result.op is not None:
+                ops.append(result.op)
         ops += _move(
             "flow_runs",
             run.id,
@@ -423,71 +459,52 @@ class Journal:
 
     def start_task_run(
         self, flow_run_id: str, position: int, task_key: str, dynamic_key: int, kind: str
-    ) -> str:
-        """Journal a new task run Pending -> Running (deferred). Returns its id."""
+    ) -> TaskStart:
+        """Journal a new task run Pending -> Running (deferred)."""
         task_run_id, now = new_id(), clock.now_ms()
         fence = flow_run_id
-        defer = self.writer.defer
-        defer(
+        ops = (
             Op(
                 _INSERT_TASK,
                 (task_run_id, flow_run_id, position, task_key, dynamic_key, kind, now),
                 fence=fence,
-            )
-        )
-        defer(
+            ),
             Op(
                 _INSERT_STATE,
                 (task_run_id, 1, None, "PENDING", "Pending", now, "", None),
                 fence=fence,
-            )
-        )
-        defer(
+            ),
             Op(
                 _TASK_RUNNING,
                 ("Running", 2, 1, now, task_run_id, 1),
                 fence=fence,
                 expect=(task_run_id, 1, "task_runs"),
-            )
-        )
-        defer(
+            ),
             Op(
                 _INSERT_STATE,
                 (task_run_id, 2, "PENDING", "RUNNING", "Running", now, "", None),
                 fence=fence,
-            )
+            ),
         )
-        return task_run_id
+        for op in ops:
+            self.writer.defer(op)
+        return TaskStart(
+            task_run_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops
+        )
 
-    def restart_task_run(self, task: TaskRun, message: str) -> int:
-        """Run a recorded, unfinished task run again (deferred). Returns its new version."""
+    def restart_task_run(self, task: TaskRun, message: str) -> TaskStart:
+        """Run a recorded, unfinished task run again: back to Running (deferred)."""
         now = clock.now_ms()
         state, version = task.state_type, task.version
         if state in (StateType.RUNNING, StateType.PENDING):
+            # Its execution died with an earlier process: say so before re-running.
+            moves = [(StateType.CRASHED, "Crashed"), *path_to_pending(StateType.CRASHED)]
+        else:
+            moves = path_to_pending(state)
+        fence = task.flow_run_id
+        for target, name in moves:
             for op in _move(
-                "task_runs",
-                task.id,
-                state,
-                version,
-                StateType.CRASHED,
-                "Crashed",
-                message,
-                now,
-                fence=task.flow_run_id,
-            ):
-                self.writer.defer(op)
-            state, version = StateType.CRASHED, version + 1
-        for target, name in path_to_pending(state):
-            for op in _move(
-                "task_runs",
-                task.id,
-                state,
-                version,
-                target,
-                name,
-                message,
-                now,
-                fence=task.flow_run_id,
+                "task_runs", task.id, state, version, target, name, message, now, fence=fence
             ):
                 self.writer.defer(op)
             state, version = target, version + 1
@@ -496,7 +513,7 @@ class Journal:
             Op(
                 _TASK_RUNNING,
                 ("Running", version + 1, task.attempt + 1, now, task.id, version),
-                fence=task.flow_run_id,
+                fence=fence,
                 expect=(task.id, version, "task_runs"),
             )
         )
@@ -504,41 +521,113 @@ class Journal:
             Op(
                 _INSERT_STATE,
                 (task.id, version + 1, state.value, "RUNNING", "Running", now, message, None),
-                fence=task.flow_run_id,
+                fence=fence,
             )
         )
-        return version + 1
+        return TaskStart(
+            task.id,
+            task.flow_run_id,
+            task.position,
+            task.task_key,
+            task.dynamic_key,
+            task.kind,
+            task.created_ms,
+            version + 1,
+            (),
+        )
 
     def finish_task_run(
         self,
-        flow_run_id: str,
-        task_run_id: str,
-        version: int,
+        start: TaskStart,
         target: StateType,
         name: str,
         message: str = "",
-        result: Op | None = None,
-        result_id: str | None = None,
+        result: StoredResult | None = None,
     ) -> None:
-        """Journal a task run's final state and result (durable)."""
+        """Journal a task run's final state and result (durable).
+
+        If the task's start is still waiting to be committed (a fast task),
+        the whole task run is written as one row in its final state, with its
+        three history rows, instead of an insert and two updates.
+        """
         now = clock.now_ms()
-        check_move(StateType.RUNNING, target, name, task_run_id)
-        ops = [result] if result is not None else []
-        ops.append(
-            Op(
-                _TASK_FINISHED,
-                (target.value, name, message, version + 1, result_id, now, task_run_id, version),
-                fence=flow_run_id,
-                expect=(task_run_id, version, "task_runs"),
-            )
+        check_move(StateType.RUNNING, target, name, start.id)
+        fence = start.flow_run_id
+        serializer, data, result_id = (
+            (result.serializer if result.data is not None else None, result.data, result.result_id)
+            if result is not None
+            else (None, None, None)
         )
-        ops.append(
-            Op(
-                _INSERT_STATE,
-                (task_run_id, version + 1, "RUNNING", target.value, name, now, message, None),
-                fence=flow_run_id,
+        ops = [result.op] if result is not None and result.op is not None else []
+        if start.ops and self.writer.withdraw(start.ops):
+            ops.append(
+                Op(
+                    _INSERT_FINISHED_TASK,
+                    (
+                        start.id,
+                        start.flow_run_id,
+                        start.position,
+                        start.task_key,
+                        start.dynamic_key,
+                        start.kind,
+                        target.value,
+                        name,
+                        message,
+                        serializer,
+                        data,
+                        result_id,
+                        start.created_ms,
+                        start.created_ms,
+                        now,
+                    ),
+                    fence=fence,
+                )
             )
-        )
+            ops.append(
+                Op(
+                    _INSERT_THREE_STATES,
+                    (
+                        start.id,
+                        start.created_ms,
+                        start.id,
+                        start.created_ms,
+                        start.id,
+                        target.value,
+                        name,
+                        now,
+                        message,
+                    ),
+                    fence=fence,
+                )
+            )
+        else:
+            version = start.version
+            ops.append(
+                Op(
+                    _TASK_FINISHED,
+                    (
+                        target.value,
+                        name,
+                        message,
+                        version + 1,
+                        serializer,
+                        data,
+                        result_id,
+                        now,
+                        start.id,
+                        version,
+                    ),
+                    fence=fence,
+                    expect=(start.id, version, "task_runs"),
+                )
+            )
+            ops.append(
+                Op(
+                    _INSERT_STATE,
+                    (start.id, version + 1, "RUNNING", target.value, name, now, message, None),
+                    fence=fence,
+                )
+            )
         self.writer.commit(ops)
 
     # -- logs ---------------------------------------------------------------

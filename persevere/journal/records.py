@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from ..statemachine import Owner, StateType
+from .writer import Op
 
 T = TypeVar("T")
 
@@ -71,10 +72,37 @@ class TaskRun:
     state_message: str
     version: int
     attempt: int
+    result_serializer: str | None
+    result: bytes | None
     result_id: str | None
     created_ms: int
     started_ms: int | None
     ended_ms: int | None
+
+
+@dataclass(frozen=True)
+class TaskStart:
+    """A task run just started: its id, version, and the deferred writes that record it."""
+
+    id: str
+    flow_run_id: str
+    position: int
+    task_key: str
+    dynamic_key: int
+    kind: str
+    created_ms: int
+    version: int
+    ops: tuple[Op, ...]
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A serialized value: inline bytes, or a reference into ``results`` with its write."""
+
+    serializer: str
+    data: bytes | None
+    result_id: str | None
+    op: Op | None
 
 
 @dataclass(frozen=True)

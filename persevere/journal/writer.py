@@ -54,6 +54,7 @@ class Op:
 
 
 _RENEW = "UPDATE flow_runs SET lease_expires_ms = ? WHERE id = ? AND lease_token = ?"
+_CHECK = "SELECT 1 FROM flow_runs WHERE id = ? AND lease_token = ?"
 
 
 class Writer:
@@ -67,7 +68,7 @@ class Writer:
         self._pending: list[Op] = []
         self._held: dict[str, str] = {}  # flow run id -> lease token
         self._lost: set[str] = set()
-        self._renewed_ms = 0
+        self._renewed: dict[str, int] = {}  # flow run id -> when its lease was renewed
         self._wake = threading.Event()
         self._closed = False
         self._flusher: threading.Thread | None = None
@@ -76,10 +77,11 @@ class Writer:
 
     # -- leases -------------------------------------------------------------
 
-    def hold(self, run_id: str, token: str) -> None:
+    def hold(self, run_id: str, token: str, renewed_ms: int) -> None:
         """Start fencing and renewing the lease of a run this process claimed."""
         with self.lock:
             self._held[run_id] = token
+            self._renewed[run_id] = renewed_ms
             self._lost.discard(run_id)
         self._ensure_flusher()
 
@@ -87,6 +89,7 @@ class Writer:
         """Stop renewing a run's lease (it ended or was handed back)."""
         with self.lock:
             self._held.pop(run_id, None)
+            self._renewed.pop(run_id, None)
 
     def lost(self, run_id: str) -> bool:
         """True if a fence found that another process owns this run now."""
@@ -100,6 +103,20 @@ class Writer:
             self._pending.append(op)
         if self._flusher is None:
             self._ensure_flusher()
+
+    def withdraw(self, ops: Sequence[Op]) -> bool:
+        """Take deferred writes back if none of them was committed yet.
+
+        The engine uses it to write a fast task's Pending, Running and final
+        state as one row instead of an insert and two updates.
+        """
+        with self.lock:
+            wanted = {id(op) for op in ops}
+            kept = [op for op in self._pending if id(op) not in wanted]
+            if len(kept) != len(self._pending) - len(wanted):
+                return False
+            self._pending = kept
+            return True
 
     def commit(self, ops: Iterable[Op] = ()) -> None:
         """Commit everything deferred plus ``ops``, atomically; durable on return.
@@ -140,6 +157,9 @@ class Writer:
                 if not lost:
                     self._execute(conn, batch)
                     conn.execute("COMMIT")
+                    for run_id in fences:
+                        if now - self._renewed.get(run_id, 0) >= self._lease_ms // 3:
+                            self._renewed[run_id] = now
                     return
                 conn.execute("ROLLBACK")
             except BaseException:
@@ -153,11 +173,17 @@ class Writer:
             batch = [op for op in batch if op.fence not in lost]
 
     def _renew(self, conn: sqlite3.Connection, fences: set[str], now: int) -> set[str]:
+        """Check each fenced run's token; renew the leases that are due. Returns the lost."""
         lost = set()
-        expires = now + self._lease_ms
         for run_id in fences:
             token = self._held.get(run_id)
-            if token is None or conn.execute(_RENEW, (expires, run_id, token)).rowcount != 1:
+            if token is None:
+                lost.add(run_id)
+            elif now - self._renewed.get(run_id, 0) >= self._lease_ms // 3:
+                expires = now + self._lease_ms
+                if conn.execute(_RENEW, (expires, run_id, token)).rowcount != 1:
+                    lost.add(run_id)
+            elif conn.execute(_CHECK, (run_id, token)).fetchone() is None:
                 lost.add(run_id)
         return lost
 
@@ -199,15 +225,16 @@ class Writer:
         """Commit what is deferred, and renew held leases when they are due."""
         with self.lock:
             now = clock.now_ms()
-            due = bool(self._held) and now - self._renewed_ms >= self._lease_ms // 3
+            due = [
+                run_id
+                for run_id in self._held
+                if now - self._renewed.get(run_id, 0) >= self._lease_ms // 3
+            ]
             if not self._pending and not due:
                 return
             batch, self._pending = self._pending, []
-            if due:
-                batch += [Op("SELECT 1", (), fence=run_id) for run_id in self._held]
+            batch += [Op("SELECT 1", (), fence=run_id) for run_id in due]
             self._commit_batch(batch)
-            if due:
-                self._renewed_ms = now
 
     def close(self) -> None:
         """Commit what is pending and stop the flusher."""

@@ -20,7 +20,7 @@ from ..exceptions import (
     RunNotResumable,
     SerializationError,
 )
-from ..journal import FlowRun, Journal, new_id, open_journal
+from ..journal import FlowRun, Journal, StoredResult, new_id, open_journal
 from ..statemachine import State, StateType
 from . import entrypoints, parameters, recovery
 from .logs import capture_prints, get_run_logger
@@ -154,15 +154,13 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State:
         ctx.run = journal.finish_flow_run(run, StateType.CRASHED, "Crashed", message)
         raise
     try:
-        result_id, op = journal.result_op(
-            value, flow.result_serializer, f"result of flow {flow.name!r}", fence=run.id
+        result = journal.store(
+            value, flow.result_serializer, f"result of flow {flow.name!r}", run.id, inline=False
         )
     except SerializationError as exc:
         ctx.run = journal.finish_flow_run(run, StateType.FAILED, "Failed", str(exc))
         return State(StateType.FAILED, "Failed", str(exc), 0, run.id, exc)
-    ctx.run = journal.finish_flow_run(
-        run, StateType.COMPLETED, "Completed", result=op, result_id=result_id
-    )
+    ctx.run = journal.finish_flow_run(run, StateType.COMPLETED, "Completed", result=result)
     return State(StateType.COMPLETED, "Completed", "", ctx.run.ended_ms or 0, run.id, value)
 
 
@@ -178,11 +176,9 @@ def _run_subflow(parent: FlowRunContext, flow: Any, params: dict[str, Any]) -> S
             parent.replayed += 1
             return load_recorded(journal, recorded)
         child = journal.child_flow_run(recorded.id)
-        version = journal.restart_task_run(recorded, "re-run on resume")
-        call_id = recorded.id
+        call = journal.restart_task_run(recorded, "re-run on resume")
     else:
-        call_id = journal.start_task_run(parent.run.id, position, flow.name, dynamic_key, "flow")
-        version = 2
+        call = journal.start_task_run(parent.run.id, position, flow.name, dynamic_key, "flow")
     if child is None:
         stored, ops = parameters.encode(journal, params, fence=parent.run.id)
         journal.flush(ops)
@@ -191,7 +187,7 @@ def _run_subflow(parent: FlowRunContext, flow: Any, params: dict[str, Any]) -> S
             entrypoint=entrypoints.entrypoint_of(flow.fn),
             parameters=stored,
             parent_flow_run_id=parent.run.id,
-            parent_task_run_id=call_id,
+            parent_task_run_id=call.id,
             owner=this_process(),
         )
     if child.state_type is StateType.COMPLETED:
@@ -199,15 +195,10 @@ def _run_subflow(parent: FlowRunContext, flow: Any, params: dict[str, Any]) -> S
     else:
         state, child = execute(journal, flow, child, params)
     parent.executed += 1
-    journal.finish_task_run(
-        parent.run.id,
-        call_id,
-        version,
-        state.type,
-        state.name,
-        state.message,
-        result_id=child.result_id if state.type is StateType.COMPLETED else None,
-    )
+    result = None
+    if state.type is StateType.COMPLETED and child.result_id:
+        result = StoredResult(flow.result_serializer, None, child.result_id, None)
+    journal.finish_task_run(call, state.type, state.name, state.message, result)
     return state
 
 

@@ -102,10 +102,11 @@ def encode(
     except (TypeError, ValueError):
         pass
     try:
-        result_id, op = journal.result_op(params, "pickle", "the parameters", fence)
+        stored = journal.store(params, "pickle", "the parameters", fence, inline=False)
     except SerializationError as exc:
         raise ParameterError(f"{exc}; a flow's parameters are stored to resume it") from None
-    return json.dumps({_PICKLED: result_id}), [op]
+    assert stored.op is not None
+    return json.dumps({_PICKLED: stored.result_id}), [stored.op]
 
 
 def decode(journal: Journal, stored: str) -> dict[str, Any]:

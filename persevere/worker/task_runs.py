@@ -37,7 +37,7 @@ def check_recorded(
 
 def load_recorded(journal: Journal, recorded: TaskRun) -> State:
     """The State of a completed task run, its result loaded from the journal."""
-    value = journal.load_result(recorded.result_id) if recorded.result_id else None
+    value = journal.load_task_result(recorded)
     return State(
         StateType.COMPLETED, recorded.state_name, "", recorded.ended_ms or 0, recorded.id, value
     )
@@ -54,59 +54,39 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
     position, dynamic_key = ctx.allocate(key)
     recorded = ctx.recorded.get(position) if ctx.recorded else None
     if recorded is None:
-        task_run_id = journal.start_task_run(flow_run_id, position, key, dynamic_key, "task")
-        version, attempt = 2, 1
+        start = journal.start_task_run(flow_run_id, position, key, dynamic_key, "task")
+        attempt = 1
     else:
         check_recorded(ctx, position, recorded, key, "task")
         if recorded.state_type is StateType.COMPLETED:
             ctx.replayed += 1
             state = load_recorded(journal, recorded)
             return state if return_state else state.data
-        task_run_id, attempt = recorded.id, recorded.attempt + 1
-        version = journal.restart_task_run(recorded, "run again after the flow run resumed")
-    token = task_run_context.set(
-        TaskRunContext(flow_run_id, task_run_id, key, dynamic_key, attempt)
-    )
+        attempt = recorded.attempt + 1
+        start = journal.restart_task_run(recorded, "run again after the flow run resumed")
+    token = task_run_context.set(TaskRunContext(flow_run_id, start.id, key, dynamic_key, attempt))
     try:
         value = task.fn(*args, **kwargs)
     except Exception as exc:
-        journal.finish_task_run(
-            flow_run_id, task_run_id, version, StateType.FAILED, "Failed", describe(exc)
-        )
+        journal.finish_task_run(start, StateType.FAILED, "Failed", describe(exc))
         if return_state:
-            return State(StateType.FAILED, "Failed", describe(exc), 0, task_run_id, exc)
+            return State(StateType.FAILED, "Failed", describe(exc), 0, start.id, exc)
         raise
     except BaseException as exc:
-        journal.finish_task_run(
-            flow_run_id,
-            task_run_id,
-            version,
-            StateType.CRASHED,
-            "Crashed",
-            f"interrupted by {type(exc).__name__}",
-        )
+        message = f"interrupted by {type(exc).__name__}"
+        journal.finish_task_run(start, StateType.CRASHED, "Crashed", message)
         raise
     finally:
         task_run_context.reset(token)
     try:
-        result_id, op = journal.result_op(
-            value, task.result_serializer, f"result of task {task.name!r}", fence=flow_run_id
+        result = journal.store(
+            value, task.result_serializer, f"result of task {task.name!r}", flow_run_id
         )
     except SerializationError as exc:
-        journal.finish_task_run(
-            flow_run_id, task_run_id, version, StateType.FAILED, "Failed", str(exc)
-        )
+        journal.finish_task_run(start, StateType.FAILED, "Failed", str(exc))
         raise
-    journal.finish_task_run(
-        flow_run_id,
-        task_run_id,
-        version,
-        StateType.COMPLETED,
-        "Completed",
-        result=op,
-        result_id=result_id,
-    )
+    journal.finish_task_run(start, StateType.COMPLETED, "Completed", result=result)
     ctx.executed += 1
     if return_state:
-        return State(StateType.COMPLETED, "Completed", "", 0, task_run_id, value)
+        return State(StateType.COMPLETED, "Completed", "", 0, start.id, value)
     return value
