@@ -70,7 +70,7 @@ def task(
 
     Args:
         name: the task's name and key in the journal (default: the function's
-            qualified name). Renaming a task changes its key: a run recorded
+            name). Renaming a task changes its key: a run recorded
             under the old name replays only under that name.
         result_serializer: ``"json"`` (default) or ``"pickle"`` (signed).
         description: free text (default: the docstring).
@@ -79,7 +79,7 @@ def task(
     def decorate(f: Callable[P, R]) -> Task[P, R]:
         return Task(
             f,
-            name or f.__qualname__,
+            name or f.__name__,
             result_serializer,
             description or (f.__doc__ or "").strip() or None,
         )

@@ -157,7 +157,7 @@ class Codec:
                 return to_json(value).encode()
             except (TypeError, ValueError) as exc:
                 raise SerializationError(
-                    f"{what} (a {type(value).__qualname__}) cannot be stored as JSON "
+                    f"{what} (of type {type(value).__qualname__}) cannot be stored as JSON "
                     f"({exc}); return JSON-friendly data or pass "
                     'result_serializer="pickle" to the task or flow'
                 ) from None
@@ -166,7 +166,7 @@ class Codec:
                 payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(
-                    f"{what} (a {type(value).__qualname__}) cannot be pickled ({exc})"
+                    f"{what} (of type {type(value).__qualname__}) cannot be pickled ({exc})"
                 ) from None
             signature = hmac.new(self._hmac_key(), payload, hashlib.sha256).digest()
             return signature + payload

@@ -79,14 +79,13 @@ def _render(logger: Any, method_name: str, event: MutableMapping[str, Any]) -> s
 
 
 @functools.cache
-def _base() -> Any:
+def _base(level: str) -> Any:
     import structlog  # deferred: see the module docstring
 
-    wanted = settings.current().log_level.lower()
     return structlog.wrap_logger(
         _Stderr(),
         processors=[_capture, _render],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(wanted, 20)),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, 20)),
         cache_logger_on_first_use=True,
     )
 
@@ -97,7 +96,7 @@ def get_run_logger(name: str = "persevere.run") -> Any:
     Lines go to stderr and are stored with the run (``persevere runs logs``).
     Use it like any structlog logger: ``logger.info("loaded", rows=42)``.
     """
-    return _base().bind(logger=name)
+    return _base(settings.current().log_level.lower()).bind(logger=name)
 
 
 _original_print = builtins.print

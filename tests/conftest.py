@@ -1,0 +1,66 @@
+"""Shared fixtures: every test gets its own database file in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from persevere.journal import Journal, close_all, open_journal
+
+FLOWS = Path(__file__).parent / "flows"
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh database path, made the default for this test (PERSEVERE_DB)."""
+    path = tmp_path / "persevere.db"
+    monkeypatch.setenv("PERSEVERE_DB", str(path))
+    monkeypatch.setenv("PERSEVERE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PERSEVERE_LOG_LEVEL", "WARNING")
+    yield path
+    close_all()
+
+
+@pytest.fixture
+def journal(db: Path) -> Journal:
+    """This process's journal on the test's database."""
+    return open_journal(db)
+
+
+def cli_env(db: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `persevere` subprocess on this database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEVERE_", "CRASHY_"))}
+    env.update(PERSEVERE_DB=str(db), PERSEVERE_HOME=str(db.parent / "home"))
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    db: Path, *args: str, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m persevere ARGS` as a real process on this database."""
+    return subprocess.run(
+        [sys.executable, "-m", "persevere", *args],
+        env=cli_env(db, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20, every: float = 0.02) -> object:
+    """Poll until ``condition()`` is truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(every)
