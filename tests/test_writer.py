@@ -1,0 +1,144 @@
+"""The journal's writer: deferred writes, the flusher, lease renewal, schema set-up."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from persevere import flow, task
+from persevere.exceptions import VersionConflict
+from persevere.journal import Journal, Op, open_journal
+from persevere.journal.schema import SCHEMA_VERSION
+from persevere.settings import Settings
+from persevere.statemachine import Owner, StateType
+
+from .conftest import wait_for
+
+
+def peek(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Read through another connection: only what was committed."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_a_long_task_is_visible_as_running_while_it_runs(db: Path, journal: Journal) -> None:
+    seen: list[object] = []
+
+    @task
+    def slow() -> None:
+        seen.append(wait_for(lambda: peek(db, "SELECT state_name FROM task_runs"), timeout=10))
+
+    @flow
+    def patient() -> None:
+        slow()
+
+    patient()
+    assert seen == [[("Running",)]]
+
+
+def test_a_fast_task_is_one_row_with_three_history_rows(db: Path, journal: Journal) -> None:
+    @task
+    def quick() -> int:
+        return 1
+
+    @flow
+    def hurried() -> None:
+        quick()
+
+    hurried()
+    [(task_id, version)] = peek(db, "SELECT id, version FROM task_runs")
+    history = peek(db, "SELECT version, from_type, to_type FROM states WHERE run_id = ? "
+                       "ORDER BY version", (task_id,))  # fmt: skip
+    assert version == 3
+    assert history == [(1, None, "PENDING"), (2, "PENDING", "RUNNING"), (3, "RUNNING", "COMPLETED")]
+
+
+def test_deferred_writes_are_committed_by_the_flusher(db: Path, journal: Journal) -> None:
+    journal.log(None, None, "INFO", "test", "rides along")
+    wait_for(lambda: peek(db, "SELECT message FROM logs"), timeout=5)
+
+
+def test_a_lost_compare_and_set_keeps_what_was_deferred(db: Path, journal: Journal) -> None:
+    run = journal.create_flow_run(flow_name="f", entrypoint=None, parameters="{}")
+    journal.log(run.id, None, "INFO", "test", "deferred before the conflict")
+    stale = Op(
+        "UPDATE flow_runs SET version = 99 WHERE id = ? AND version = ?",
+        (run.id, 42),
+        expect=(run.id, 42, "flow_runs"),
+    )
+    with pytest.raises(VersionConflict) as info:
+        journal.flush([stale])
+    assert (info.value.expected, info.value.actual) == (42, 1)
+    journal.flush()
+    assert peek(db, "SELECT message FROM logs") == [("deferred before the conflict",)]
+
+
+def test_held_leases_are_renewed_while_a_run_executes(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERSEVERE_LEASE_SECONDS", "0.6")
+    journal = open_journal(db)
+    run = journal.create_flow_run(flow_name="f", entrypoint=None, parameters="{}")
+    run = journal.claim_flow_run(run, Owner("elsewhere", 1, "x"), "token")
+    first = run.lease_expires_ms
+    assert first is not None
+
+    def renewed() -> bool:
+        [(expires,)] = peek(db, "SELECT lease_expires_ms FROM flow_runs")
+        return int(expires) > first + 150  # type: ignore[call-overload]
+
+    wait_for(renewed, timeout=5)
+    journal.finish_flow_run(journal.get_flow_run(run.id), StateType.COMPLETED, "Completed")
+
+
+def test_new_database_and_key_file_are_private(db: Path, journal: Journal) -> None:
+    journal.codec.dumps(1, "pickle", "x")
+    for path in (db, db.with_name(db.name + ".key")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def _open_and_count(path: str) -> int:
+    journal = Journal(Path(path), Settings.from_env())
+    run = journal.create_flow_run(flow_name="race", entrypoint=None, parameters="{}")
+    journal.close()
+    return len(run.id)
+
+
+def test_processes_creating_the_schema_at_once_all_succeed(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_open_and_count, [str(path)] * 4, chunksize=1) == [32] * 4
+    assert peek(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert peek(path, "SELECT count(*) FROM flow_runs") == [(4,)]
+
+
+def test_time_is_spent_in_one_commit_per_task(db: Path, journal: Journal) -> None:
+    """Group commit: a task's start rides along with its end (counted, not timed)."""
+    commits = {"n": 0}
+    real = journal.writer._commit_batch
+
+    def counting(batch: list[Op]) -> None:
+        commits["n"] += 1
+        real(batch)
+
+    journal.writer._commit_batch = counting  # type: ignore[method-assign]
+
+    @task
+    def noop(i: int) -> int:
+        return i
+
+    @flow
+    def many() -> None:
+        for i in range(50):
+            noop(i)
+
+    started = time.monotonic()
+    many()
+    assert time.monotonic() - started < 30
+    # 50 task commits + create + claim + finish, a few flusher batches at most
+    assert 53 <= commits["n"] <= 60
