@@ -75,6 +75,11 @@ def new_id() -> str:
     return f"{clock.now_ms():012x}{os.urandom(10).hex()}"
 
 
+def task_run_id(flow_run_id: str, position: int) -> str:
+    """The id of the task run at a position of a flow run: the same on every execution."""
+    return f"{flow_run_id}.{position:08d}"
+
+
 def _move(
     table: str,
     run_id: str,
@@ -212,9 +217,9 @@ class Journal:
 
     def task_runs(self, flow_run_id: str) -> list[TaskRun]:
         """A flow run's task runs, in call order."""
-        rows = self._rows(
-            f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE flow_run_id = ? ORDER BY position",
-            (flow_run_id,),
+        rows = self._rows(  # ids are "<flow run id>.<position>": a range of the key
+            f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE id > ? AND id < ? ORDER BY id",
+            (flow_run_id + ".", flow_run_id + "/"),
         )
         return [from_row(TaskRun, r) for r in rows]
 
@@ -461,36 +466,33 @@ class Journal:
         self, flow_run_id: str, position: int, task_key: str, dynamic_key: int, kind: str
     ) -> TaskStart:
         """Journal a new task run Pending -> Running (deferred)."""
-        task_run_id, now = new_id(), clock.now_ms()
+        task_id, now = task_run_id(flow_run_id, position), clock.now_ms()
         fence = flow_run_id
         ops = (
             Op(
                 _INSERT_TASK,
-                (task_run_id, flow_run_id, position, task_key, dynamic_key, kind, now),
+                (task_id, flow_run_id, position, task_key, dynamic_key, kind, now),
                 fence=fence,
             ),
             Op(
                 _INSERT_STATE,
-                (task_run_id, 1, None, "PENDING", "Pending", now, "", None),
+                (task_id, 1, None, "PENDING", "Pending", now, "", None),
                 fence=fence,
             ),
             Op(
                 _TASK_RUNNING,
-                ("Running", 2, 1, now, task_run_id, 1),
+                ("Running", 2, 1, now, task_id, 1),
                 fence=fence,
-                expect=(task_run_id, 1, "task_runs"),
+                expect=(task_id, 1, "task_runs"),
             ),
             Op(
                 _INSERT_STATE,
-                (task_run_id, 2, "PENDING", "RUNNING", "Running", now, "", None),
+                (task_id, 2, "PENDING", "RUNNING", "Running", now, "", None),
                 fence=fence,
             ),
         )
-        for op in ops:
-            self.writer.defer(op)
-        return TaskStart(
-            task_run_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops
-        )
+        self.writer.defer(*ops)
+        return TaskStart(task_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops)
 
     def restart_task_run(self, task: TaskRun, message: str) -> TaskStart:
         """Run a recorded, unfinished task run again: back to Running (deferred)."""
@@ -502,14 +504,14 @@ class Journal:
         else:
             moves = path_to_pending(state)
         fence = task.flow_run_id
+        ops: list[Op] = []
         for target, name in moves:
-            for op in _move(
-                "task_runs", task.id, state, version, target, name, message, now, fence=fence
-            ):
-                self.writer.defer(op)
+            ops += _move(
+                "task_runs", task.id, state, version, target, name, message, now, {}, fence
+            )
             state, version = target, version + 1
         check_move(state, StateType.RUNNING, "Running", task.id)
-        self.writer.defer(
+        ops.append(
             Op(
                 _TASK_RUNNING,
                 ("Running", version + 1, task.attempt + 1, now, task.id, version),
@@ -517,13 +519,14 @@ class Journal:
                 expect=(task.id, version, "task_runs"),
             )
         )
-        self.writer.defer(
+        ops.append(
             Op(
                 _INSERT_STATE,
                 (task.id, version + 1, state.value, "RUNNING", "Running", now, message, None),
                 fence=fence,
             )
         )
+        self.writer.defer(*ops)
         return TaskStart(
             task.id,
             task.flow_run_id,

@@ -112,9 +112,13 @@ def _decode_object(obj: dict[str, Any]) -> Any:
         raise SerializationError(f"stored value has an unknown type tag {tag!r}") from None
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+
+
 def to_json(value: Any) -> str:
     """Encode a value as typed JSON text; ``TypeError`` names an unsupported type."""
-    return json.dumps(_walk(value), separators=(",", ":"), allow_nan=True)
+    return _ENCODER.encode(_walk(value))
 
 
 def from_json(text: str | bytes) -> Any:

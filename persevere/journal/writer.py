@@ -97,10 +97,10 @@ class Writer:
 
     # -- writing ------------------------------------------------------------
 
-    def defer(self, op: Op) -> None:
-        """Queue a write that will ride along with the next commit."""
+    def defer(self, *ops: Op) -> None:
+        """Queue writes that will ride along with the next commit."""
         with self.lock:
-            self._pending.append(op)
+            self._pending.extend(ops)
         if self._flusher is None:
             self._ensure_flusher()
 
