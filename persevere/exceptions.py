@@ -127,5 +127,16 @@ class ParameterError(PersevereError, TypeError):
     """A flow parameter that is missing, unknown or of the wrong type."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a flow run; it was journaled Crashed and can be resumed.
+
+    A ``KeyboardInterrupt``, so code that catches that still does.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} was interrupted; `persevere runs resume {run_id}` goes on")
+
+
 class Abort(PersevereError):
     """Raise inside a task or flow to fail it at once, without retries."""

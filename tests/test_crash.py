@@ -142,3 +142,32 @@ def test_every_idempotency_key_is_the_same_on_reexecution(db: Path, tmp_path: Pa
     resume_and_check(db, side)
     keys = [line.split()[1] for line in side.read_text().splitlines() if line.startswith("5 ")]
     assert len(keys) == 2 and keys[0] == keys[1] and keys[0].endswith(":step:5")
+
+
+def test_a_script_run_with_python_is_resumed_by_the_cli(db: Path, tmp_path: Path) -> None:
+    """`python crashy.py` records its file as entrypoint, so the CLI can resume it."""
+    side = tmp_path / "side.txt"
+    proc = subprocess.run(
+        [sys.executable, str(FLOWS / "crashy.py")],
+        env=cli_env(db, CRASHY_SIDE_FILE=str(side), CRASHY_KILL_AFTER="12"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert the_run(db)["entrypoint"] == ENTRYPOINT
+    ran = resume_and_check(db, side)
+    assert all(c == 1 for c in ran.values())
+
+
+def test_ctrl_c_crashes_the_run_cleanly_and_it_resumes(db: Path, tmp_path: Path) -> None:
+    side = tmp_path / "side.txt"
+    proc = start(db, side, CRASHY_PAUSE="0.05")
+    wait_for(lambda: side.exists() and len(side.read_text().splitlines()) >= 5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "runs resume" in err
+    run = the_run(db)
+    assert run["state_name"] == "Crashed" and "KeyboardInterrupt" in str(run["state_message"])
+    resume_and_check(db, side)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..exceptions import RunInterrupted
 from ..statemachine import State, StateType
 from ..worker import entrypoints, parameters
 from .app import cli
@@ -29,10 +30,9 @@ def report(state: State, run_id: str) -> None:
     sys.exit(1)
 
 
-def interrupted(run_id: str | None) -> None:
+def interrupted(run_id: str) -> None:
     """Say how to go on after Ctrl-C; exit 130."""
-    hint = f"; `persevere runs resume {run_id}` goes on" if run_id else ""
-    click.echo(f"interrupted{hint}", err=True)
+    click.echo(f"run {run_id} interrupted; `persevere runs resume {run_id}` goes on", err=True)
     sys.exit(130)
 
 
@@ -58,7 +58,7 @@ def run(entrypoint: str, params: tuple[str, ...], run_key: str | None) -> None:
         flow = flow.with_options(run_key=run_key)
     try:
         state = flow(**checked, return_state=True)
-    except KeyboardInterrupt:
-        interrupted(None)
+    except RunInterrupted as exc:
+        interrupted(exc.run_id)
         return
     report(state, state.run_id or "?")

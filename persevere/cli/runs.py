@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..exceptions import RunInterrupted
 from ..statemachine import StateType
 from ..worker import reap, refresh, resume
 from .app import cli, journal_of
@@ -166,7 +167,7 @@ def resume_cmd(ctx: click.Context, run_id: str) -> None:
     run = journal.resolve_flow_run(run_id)
     try:
         state, run = resume(journal, run.id)
-    except KeyboardInterrupt:
-        interrupted(run.id)
+    except RunInterrupted as exc:
+        interrupted(exc.run_id)
         return
     report(state, run.id)

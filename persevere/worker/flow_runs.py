@@ -16,6 +16,7 @@ from typing import Any
 from ..context import FlowRunContext, flow_run_context
 from ..exceptions import (
     LeaseLost,
+    RunInterrupted,
     RunKeyConflict,
     RunNotResumable,
     SerializationError,
@@ -152,6 +153,8 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State:
     except BaseException as exc:
         message = f"interrupted by {type(exc).__name__}"
         ctx.run = journal.finish_flow_run(run, StateType.CRASHED, "Crashed", message)
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+            raise RunInterrupted(run.id) from exc
         raise
     try:
         result = journal.store(

@@ -42,3 +42,7 @@ def crashy(n: int = 20) -> int:
         if i == KILL_AFTER:
             _die()
     return total
+
+
+if __name__ == "__main__":
+    print(crashy())
