@@ -31,9 +31,21 @@ def duration(start: int | None, end: int | None) -> float | None:
     return None if start is None or end is None else (end - start) / 1000
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (dt.timedelta,)):
+        return value.total_seconds()
+    return str(value)  # UUID, Decimal, Path, and anything else: its text
+
+
 def jsonable(value: Any) -> Any:
-    """A value as plain JSON (what JSON cannot hold becomes its repr)."""
-    return json.loads(json.dumps(value, default=repr))
+    """A value as plain JSON: dates as ISO text, sets as lists, the rest as text."""
+    return json.loads(json.dumps(value, default=_plain))
 
 
 def parameters_of(run: FlowRun) -> Any:

@@ -53,7 +53,8 @@ def run(entrypoint: str, params: tuple[str, ...], run_key: str | None) -> None:
     Exit code 0 when the run completes, 1 when it fails, 2 on bad input.
     """
     flow = entrypoints.load(entrypoint)
-    checked = parameters.check(flow.fn, flow.name, parameters.parse_assignments(params))
+    values, texts = parameters.parse_assignments(params)
+    checked = parameters.check(flow.fn, flow.name, values, texts)
     if run_key:
         flow = flow.with_options(run_key=run_key)
     try:

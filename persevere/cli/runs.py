@@ -12,6 +12,7 @@ from ..worker import reap, refresh, resume
 from .app import cli, journal_of
 from .output import (
     echo_table,
+    iso,
     local,
     parameters_of,
     result_of,
@@ -137,7 +138,7 @@ def logs(ctx: click.Context, run_id: str, as_json: bool) -> None:
             json.dumps(
                 [
                     {
-                        "timestamp": local(line.ts_ms),
+                        "timestamp": iso(line.ts_ms),
                         "level": line.level,
                         "logger": line.logger,
                         "task_run_id": line.task_run_id,

@@ -40,16 +40,27 @@ def create_private(path: Path) -> None:
     os.close(fd)
 
 
-def connect(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
-    """Open a connection in autocommit mode; transactions are begun explicitly."""
+def connect(path: Path) -> sqlite3.Connection:
+    """Open a connection in autocommit mode; transactions are begun explicitly.
+
+    Nothing is written to the file here: :func:`configure` does that, once the
+    schema check has accepted the file.
+    """
     check_file(path)
     create_private(path)
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(str(path), f"cannot be opened as a database ({exc})") from None
+    return conn
+
+
+def configure(conn: sqlite3.Connection, path: Path, synchronous: str = "NORMAL") -> None:
+    """The pragmas every connection needs: WAL, synchronous, foreign keys."""
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
     except sqlite3.DatabaseError as exc:
         raise DatabaseError(str(path), f"cannot be opened as a database ({exc})") from None
-    return conn

@@ -21,7 +21,7 @@ from .. import clock
 from ..exceptions import RunNotFound
 from ..settings import Settings
 from ..statemachine import Owner, StateType, check_move, path_to_pending
-from .connection import connect
+from .connection import configure, connect
 from .records import FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition, from_row
 from .results import Codec, content_id
 from .schema import ensure_schema
@@ -134,9 +134,10 @@ class Journal:
     def __init__(self, path: Path, settings: Settings) -> None:
         self.path = path
         self.settings = settings
-        conn = connect(path, settings.synchronous)
+        conn = connect(path)
         try:
-            ensure_schema(conn, path)
+            ensure_schema(conn, path)  # refuses a foreign or newer file before any write
+            configure(conn, path, settings.synchronous)
         except BaseException:
             conn.close()
             raise
@@ -201,7 +202,7 @@ class Journal:
             params.append(flow_name)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._rows(
-            f"SELECT {_FLOW_COLUMNS} FROM flow_runs {clause} ORDER BY created_ms DESC, id DESC "
+            f"SELECT {_FLOW_COLUMNS} FROM flow_runs {clause} ORDER BY created_ms DESC, rowid DESC "
             "LIMIT ?",
             [*params, limit],
         )

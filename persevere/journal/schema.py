@@ -115,6 +115,13 @@ def _read_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def _has_foreign_tables(conn: sqlite3.Connection) -> bool:
+    rows = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'schema_version'"
+    ).fetchall()
+    return bool(rows)
+
+
 def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the database to :data:`SCHEMA_VERSION`, or refuse a newer one."""
     try:
@@ -125,6 +132,13 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
         return
     if found > SCHEMA_VERSION:
         raise SchemaTooNew(str(path), found, SCHEMA_VERSION)
+    if found == 0 and _has_foreign_tables(conn):
+        raise DatabaseError(
+            str(path),
+            "is an SQLite database of another application (it has tables but no persevere "
+            "schema; the file was not changed); point PERSEVERE_DB at a persevere database "
+            "or a new file",
+        )
     import sqlite_utils  # deferred: only a new or old database pays for it
 
     db = sqlite_utils.Database(conn)

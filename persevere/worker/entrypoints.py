@@ -52,6 +52,10 @@ def load(entrypoint: str) -> Any:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise EntrypointError(f"cannot import module {target!r}: {exc}") from exc
+        except Exception as exc:
+            raise EntrypointError(
+                f"importing module {target!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)

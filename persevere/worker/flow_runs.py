@@ -153,8 +153,8 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State:
     except BaseException as exc:
         message = f"interrupted by {type(exc).__name__}"
         ctx.run = journal.finish_flow_run(run, StateType.CRASHED, "Crashed", message)
-        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
-            raise RunInterrupted(run.id) from exc
+        if isinstance(exc, KeyboardInterrupt):
+            raise RunInterrupted(run.id) from exc  # each level names its own run
         raise
     try:
         result = journal.store(
@@ -196,7 +196,14 @@ def _run_subflow(parent: FlowRunContext, flow: Any, params: dict[str, Any]) -> S
     if child.state_type is StateType.COMPLETED:
         state = completed_state(journal, child)
     else:
-        state, child = execute(journal, flow, child, params)
+        try:
+            state, child = execute(journal, flow, child, params)
+        except LeaseLost:
+            raise
+        except BaseException as exc:
+            message = f"interrupted by {type(exc).__name__}"
+            journal.finish_task_run(call, StateType.CRASHED, "Crashed", message)
+            raise
     parent.executed += 1
     result = None
     if state.type is StateType.COMPLETED and child.result_id:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..exceptions import ParameterError, SerializationError
@@ -19,18 +19,21 @@ from ..journal import Journal, Op, from_json, to_json
 _PICKLED = "__persevere_pickled_parameters__"
 
 
-def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
-    """Turn ``NAME=VALUE`` strings into a dict; VALUE is JSON if it parses."""
+def parse_assignments(pairs: Iterable[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Turn ``NAME=VALUE`` strings into values (JSON if VALUE parses) and their texts."""
     params: dict[str, Any] = {}
+    texts: dict[str, str] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise ParameterError(f"parameter {pair!r} must look like NAME=VALUE")
+        texts[name] = raw
         try:
-            params[name.strip()] = json.loads(raw)
+            params[name] = json.loads(raw)
         except ValueError:
-            params[name.strip()] = raw
-    return params
+            params[name] = raw
+    return params, texts
 
 
 def bind(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -44,8 +47,18 @@ def bind(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) 
     return dict(bound.arguments)
 
 
-def check(fn: Callable[..., Any], flow_name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate and coerce parameters against ``fn``'s signature and type hints."""
+def check(
+    fn: Callable[..., Any],
+    flow_name: str,
+    params: dict[str, Any],
+    texts: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Validate and coerce parameters against ``fn``'s signature and type hints.
+
+    ``texts`` holds the command-line text of each value: a value parsed as
+    JSON that does not fit its type is tried as that text (so ``-p label=123``
+    gives the string "123" to a ``str`` parameter).
+    """
     signature = inspect.signature(fn)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     known = [
@@ -69,7 +82,19 @@ def check(fn: Callable[..., Any], flow_name: str, params: dict[str, Any]) -> dic
     checked = dict(params)
     for name, value in params.items():
         if name in hints and hints[name] is not Any:
-            checked[name] = _coerce(flow_name, name, hints[name], value)
+            text = (texts or {}).get(name)
+            try:
+                checked[name] = _coerce(flow_name, name, hints[name], value)
+            except ParameterError:
+                if text is None or text == value:
+                    raise
+                try:
+                    checked[name] = _coerce(flow_name, name, hints[name], text)
+                except ParameterError:
+                    pass
+                else:
+                    continue
+                raise
     return checked
 
 
