@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from .journal.results import SERIALIZERS
+from .callables import adopt
 from .worker import run_flow
 
 P = ParamSpec("P")
@@ -31,13 +31,7 @@ class Flow(Generic[P, R]):
     __persevere_flow__ = True
 
     def __post_init__(self) -> None:
-        if self.result_serializer not in SERIALIZERS:
-            raise ValueError(
-                f"result_serializer={self.result_serializer!r}; use one of {SERIALIZERS}"
-            )
-        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
-            object.__setattr__(self, attr, getattr(self.fn, attr, None))
-        object.__setattr__(self, "__wrapped__", self.fn)
+        adopt(self, self.fn, self.result_serializer)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return_state = bool(kwargs.pop("return_state", False))

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from .journal.results import SERIALIZERS
+from .callables import adopt
 from .worker import run_task
 
 P = ParamSpec("P")
@@ -28,13 +28,7 @@ class Task(Generic[P, R]):
     description: str | None = None
 
     def __post_init__(self) -> None:
-        if self.result_serializer not in SERIALIZERS:
-            raise ValueError(
-                f"result_serializer={self.result_serializer!r}; use one of {SERIALIZERS}"
-            )
-        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
-            object.__setattr__(self, attr, getattr(self.fn, attr, None))
-        object.__setattr__(self, "__wrapped__", self.fn)
+        adopt(self, self.fn, self.result_serializer)
 
     @property
     def task_key(self) -> str:

@@ -1,9 +1,10 @@
 """All SQL of persevere: schema, migrations, the Journal API and result codecs."""
 
-from .journal import Journal, close_all, new_id, open_journal
+from .journal import Journal, close_all, open_journal
 from .records import FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition
 from .results import Codec, from_json, to_json
 from .schema import SCHEMA_VERSION
+from .statements import new_id, task_run_id
 from .writer import Op
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "from_json",
     "new_id",
     "open_journal",
+    "task_run_id",
     "to_json",
 ]

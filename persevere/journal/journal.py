@@ -25,103 +25,19 @@ from .connection import configure, connect
 from .records import FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition, from_row
 from .results import Codec, content_id
 from .schema import ensure_schema
+from .statements import (
+    FLOW_COLUMNS,
+    INLINE_LIMIT,
+    INSERT_RESULT,
+    INSERT_STATE,
+    TASK_COLUMNS,
+    finish_task,
+    move,
+    new_id,
+    restart_task,
+    start_task,
+)
 from .writer import Op, Writer
-
-_FLOW_COLUMNS = (
-    "id, flow_name, entrypoint, parameters, state_type, state_name, state_message, version, "
-    "run_key, parent_flow_run_id, parent_task_run_id, lease_token, owner_host, owner_pid, "
-    "owner_started, lease_expires_ms, created_ms, started_ms, ended_ms, result_id, run_count"
-)
-_TASK_COLUMNS = (
-    "id, flow_run_id, position, task_key, dynamic_key, kind, state_type, state_name, "
-    "state_message, version, attempt, result_serializer, result, result_id, created_ms, "
-    "started_ms, ended_ms"
-)
-_INSERT_STATE = "INSERT INTO states VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_TASK = (
-    "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
-    "state_type, state_name, version, attempt, created_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 'Pending', 1, 1, ?)"
-)
-_TASK_RUNNING = (
-    "UPDATE task_runs SET state_type = 'RUNNING', state_name = ?, state_message = '', "
-    "version = ?, attempt = ?, started_ms = ?, ended_ms = NULL WHERE id = ? AND version = ?"
-)
-_TASK_FINISHED = (
-    "UPDATE task_runs SET state_type = ?, state_name = ?, state_message = ?, version = ?, "
-    "result_serializer = ?, result = ?, result_id = ?, ended_ms = ? WHERE id = ? AND version = ?"
-)
-# A task that finished before its start was committed: one row, three history rows.
-_INSERT_FINISHED_TASK = (
-    "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
-    "state_type, state_name, state_message, version, attempt, result_serializer, result, "
-    "result_id, created_ms, started_ms, ended_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 3, 1, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_THREE_STATES = (
-    "INSERT INTO states VALUES (?, 1, NULL, 'PENDING', 'Pending', ?, '', NULL), "
-    "(?, 2, 'PENDING', 'RUNNING', 'Running', ?, '', NULL), "
-    "(?, 3, 'RUNNING', ?, ?, ?, ?, NULL)"
-)
-#: Results up to this size are kept in the task run's row.
-INLINE_LIMIT = 256
-_INSERT_RESULT = (
-    "INSERT OR IGNORE INTO results (id, serializer, data, size, created_ms) VALUES (?, ?, ?, ?, ?)"
-)
-
-
-def new_id() -> str:
-    """A new run id: 32 hex digits, time-ordered (so ids sort by creation)."""
-    return f"{clock.now_ms():012x}{os.urandom(10).hex()}"
-
-
-def task_run_id(flow_run_id: str, position: int) -> str:
-    """The id of the task run at a position of a flow run: the same on every execution."""
-    return f"{flow_run_id}.{position:08d}"
-
-
-def _move(
-    table: str,
-    run_id: str,
-    source: StateType | None,
-    version: int,
-    target: StateType,
-    name: str,
-    message: str,
-    now: int,
-    sets: dict[str, Any] | None = None,
-    fence: str | None = None,
-) -> list[Op]:
-    """The two writes of one transition: a compare-and-set update and a history row."""
-    check_move(source, target, name, run_id)
-    columns = "state_type = ?, state_name = ?, state_message = ?, version = ?"
-    params: list[Any] = [target.value, name, message, version + 1]
-    for column, value in (sets or {}).items():
-        columns += f", {column} = ?"
-        params.append(value)
-    params += [run_id, version]
-    return [
-        Op(
-            f"UPDATE {table} SET {columns} WHERE id = ? AND version = ?",
-            params,
-            fence=fence,
-            expect=(run_id, version, table),
-        ),
-        Op(
-            _INSERT_STATE,
-            (
-                run_id,
-                version + 1,
-                source.value if source else None,
-                target.value,
-                name,
-                now,
-                message,
-                None,
-            ),
-            fence=fence,
-        ),
-    ]
 
 
 class Journal:
@@ -154,7 +70,7 @@ class Journal:
 
     def get_flow_run(self, run_id: str) -> FlowRun:
         """The flow run with this exact id."""
-        rows = self._rows(f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE id = ?", (run_id,))
+        rows = self._rows(f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id = ?", (run_id,))
         if not rows:
             raise RunNotFound(run_id)
         return from_row(FlowRun, rows[0])
@@ -164,7 +80,7 @@ class Journal:
         if not id_or_prefix or any(c not in "0123456789abcdef" for c in id_or_prefix):
             raise RunNotFound(id_or_prefix)
         rows = self._rows(
-            f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE id >= ? AND id < ? LIMIT 2",
+            f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id >= ? AND id < ? LIMIT 2",
             (id_or_prefix, id_or_prefix + "g"),
         )
         if not rows:
@@ -178,13 +94,13 @@ class Journal:
 
     def find_flow_run_by_key(self, run_key: str) -> FlowRun | None:
         """The flow run started with this run key, if any."""
-        rows = self._rows(f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE run_key = ?", (run_key,))
+        rows = self._rows(f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE run_key = ?", (run_key,))
         return from_row(FlowRun, rows[0]) if rows else None
 
     def child_flow_run(self, parent_task_run_id: str) -> FlowRun | None:
         """The subflow run started by a parent's task run, if it was started."""
         rows = self._rows(
-            f"SELECT {_FLOW_COLUMNS} FROM flow_runs WHERE parent_task_run_id = ?",
+            f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE parent_task_run_id = ?",
             (parent_task_run_id,),
         )
         return from_row(FlowRun, rows[0]) if rows else None
@@ -202,7 +118,7 @@ class Journal:
             params.append(flow_name)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._rows(
-            f"SELECT {_FLOW_COLUMNS} FROM flow_runs {clause} ORDER BY created_ms DESC, rowid DESC "
+            f"SELECT {FLOW_COLUMNS} FROM flow_runs {clause} ORDER BY created_ms DESC, rowid DESC "
             "LIMIT ?",
             [*params, limit],
         )
@@ -211,7 +127,7 @@ class Journal:
     def active_flow_runs(self) -> list[FlowRun]:
         """Flow runs that claim to be executing (Pending or Running, with an owner)."""
         rows = self._rows(
-            f"SELECT {_FLOW_COLUMNS} FROM flow_runs "
+            f"SELECT {FLOW_COLUMNS} FROM flow_runs "
             "WHERE state_type IN ('PENDING', 'RUNNING') AND owner_pid IS NOT NULL"
         )
         return [from_row(FlowRun, r) for r in rows]
@@ -219,7 +135,7 @@ class Journal:
     def task_runs(self, flow_run_id: str) -> list[TaskRun]:
         """A flow run's task runs, in call order."""
         rows = self._rows(  # ids are "<flow run id>.<position>": a range of the key
-            f"SELECT {_TASK_COLUMNS} FROM task_runs WHERE id > ? AND id < ? ORDER BY id",
+            f"SELECT {TASK_COLUMNS} FROM task_runs WHERE id > ? AND id < ? ORDER BY id",
             (flow_run_id + ".", flow_run_id + "/"),
         )
         return [from_row(TaskRun, r) for r in rows]
@@ -265,7 +181,7 @@ class Journal:
             return StoredResult(serializer, data, None, None)
         result_id = content_id(serializer, data)
         op = Op(
-            _INSERT_RESULT, (result_id, serializer, data, len(data), clock.now_ms()), fence=fence
+            INSERT_RESULT, (result_id, serializer, data, len(data), clock.now_ms()), fence=fence
         )
         return StoredResult(serializer, None, result_id, op)
 
@@ -350,7 +266,7 @@ class Journal:
                         now,
                     ),
                 ),
-                Op(_INSERT_STATE, (run_id, 1, None, "PENDING", "Pending", now, "", None)),
+                Op(INSERT_STATE, (run_id, 1, None, "PENDING", "Pending", now, "", None)),
             ]
         )
 
@@ -368,7 +284,7 @@ class Journal:
             "run_count": run.run_count + 1,
         }
         self.writer.commit(
-            _move(
+            move(
                 "flow_runs",
                 run.id,
                 run.state_type,
@@ -403,7 +319,7 @@ class Journal:
             sets["result_id"] = result.result_id
             if result.op is not None:
                 ops.append(result.op)
-        ops += _move(
+        ops += move(
             "flow_runs",
             run.id,
             run.state_type,
@@ -426,7 +342,7 @@ class Journal:
         now, ops = clock.now_ms(), []
         state, version = run.state_type, run.version
         for target, name in path_to_pending(state):
-            ops += _move("flow_runs", run.id, state, version, target, name, message, now)
+            ops += move("flow_runs", run.id, state, version, target, name, message, now)
             state, version = target, version + 1
         self.writer.commit(ops)
         return self.get_flow_run(run.id)
@@ -434,7 +350,7 @@ class Journal:
     def mark_crashed(self, run: FlowRun, message: str) -> FlowRun:
         """Declare a run's owner dead: the run and its in-flight task runs become Crashed."""
         now = clock.now_ms()
-        ops = _move(
+        ops = move(
             "flow_runs",
             run.id,
             run.state_type,
@@ -447,7 +363,7 @@ class Journal:
         )
         for task in self.task_runs(run.id):
             if task.state_type in (StateType.PENDING, StateType.RUNNING):
-                ops += _move(
+                ops += move(
                     "task_runs",
                     task.id,
                     task.state_type,
@@ -467,78 +383,15 @@ class Journal:
         self, flow_run_id: str, position: int, task_key: str, dynamic_key: int, kind: str
     ) -> TaskStart:
         """Journal a new task run Pending -> Running (deferred)."""
-        task_id, now = task_run_id(flow_run_id, position), clock.now_ms()
-        fence = flow_run_id
-        ops = (
-            Op(
-                _INSERT_TASK,
-                (task_id, flow_run_id, position, task_key, dynamic_key, kind, now),
-                fence=fence,
-            ),
-            Op(
-                _INSERT_STATE,
-                (task_id, 1, None, "PENDING", "Pending", now, "", None),
-                fence=fence,
-            ),
-            Op(
-                _TASK_RUNNING,
-                ("Running", 2, 1, now, task_id, 1),
-                fence=fence,
-                expect=(task_id, 1, "task_runs"),
-            ),
-            Op(
-                _INSERT_STATE,
-                (task_id, 2, "PENDING", "RUNNING", "Running", now, "", None),
-                fence=fence,
-            ),
-        )
-        self.writer.defer(*ops)
-        return TaskStart(task_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops)
+        start = start_task(flow_run_id, position, task_key, dynamic_key, kind, clock.now_ms())
+        self.writer.defer(*start.ops)
+        return start
 
     def restart_task_run(self, task: TaskRun, message: str) -> TaskStart:
         """Run a recorded, unfinished task run again: back to Running (deferred)."""
-        now = clock.now_ms()
-        state, version = task.state_type, task.version
-        if state in (StateType.RUNNING, StateType.PENDING):
-            # Its execution died with an earlier process: say so before re-running.
-            moves = [(StateType.CRASHED, "Crashed"), *path_to_pending(StateType.CRASHED)]
-        else:
-            moves = path_to_pending(state)
-        fence = task.flow_run_id
-        ops: list[Op] = []
-        for target, name in moves:
-            ops += _move(
-                "task_runs", task.id, state, version, target, name, message, now, {}, fence
-            )
-            state, version = target, version + 1
-        check_move(state, StateType.RUNNING, "Running", task.id)
-        ops.append(
-            Op(
-                _TASK_RUNNING,
-                ("Running", version + 1, task.attempt + 1, now, task.id, version),
-                fence=fence,
-                expect=(task.id, version, "task_runs"),
-            )
-        )
-        ops.append(
-            Op(
-                _INSERT_STATE,
-                (task.id, version + 1, state.value, "RUNNING", "Running", now, message, None),
-                fence=fence,
-            )
-        )
+        ops, start = restart_task(task, message, clock.now_ms())
         self.writer.defer(*ops)
-        return TaskStart(
-            task.id,
-            task.flow_run_id,
-            task.position,
-            task.task_key,
-            task.dynamic_key,
-            task.kind,
-            task.created_ms,
-            version + 1,
-            (),
-        )
+        return start
 
     def finish_task_run(
         self,
@@ -550,89 +403,13 @@ class Journal:
     ) -> None:
         """Journal a task run's final state and result (durable).
 
-        If the task's start is still waiting to be committed (a fast task),
-        the whole task run is written as one row in its final state, with its
-        three history rows, instead of an insert and two updates.
+        A fast task, whose start is still waiting to be committed, is written
+        as one row (see :func:`statements.finish_task`).
         """
-        now = clock.now_ms()
-        check_move(StateType.RUNNING, target, name, start.id)
-        fence = start.flow_run_id
-        serializer, data, result_id = (
-            (result.serializer if result.data is not None else None, result.data, result.result_id)
-            if result is not None
-            else (None, None, None)
+        collapse = bool(start.ops) and self.writer.withdraw(start.ops)
+        self.writer.commit(
+            finish_task(start, target, name, message, result, clock.now_ms(), collapse)
         )
-        ops = [result.op] if result is not None and result.op is not None else []
-        if start.ops and self.writer.withdraw(start.ops):
-            ops.append(
-                Op(
-                    _INSERT_FINISHED_TASK,
-                    (
-                        start.id,
-                        start.flow_run_id,
-                        start.position,
-                        start.task_key,
-                        start.dynamic_key,
-                        start.kind,
-                        target.value,
-                        name,
-                        message,
-                        serializer,
-                        data,
-                        result_id,
-                        start.created_ms,
-                        start.created_ms,
-                        now,
-                    ),
-                    fence=fence,
-                )
-            )
-            ops.append(
-                Op(
-                    _INSERT_THREE_STATES,
-                    (
-                        start.id,
-                        start.created_ms,
-                        start.id,
-                        start.created_ms,
-                        start.id,
-                        target.value,
-                        name,
-                        now,
-                        message,
-                    ),
-                    fence=fence,
-                )
-            )
-        else:
-            version = start.version
-            ops.append(
-                Op(
-                    _TASK_FINISHED,
-                    (
-                        target.value,
-                        name,
-                        message,
-                        version + 1,
-                        serializer,
-                        data,
-                        result_id,
-                        now,
-                        start.id,
-                        version,
-                    ),
-                    fence=fence,
-                    expect=(start.id, version, "task_runs"),
-                )
-            )
-            ops.append(
-                Op(
-                    _INSERT_STATE,
-                    (start.id, version + 1, "RUNNING", target.value, name, now, message, None),
-                    fence=fence,
-                )
-            )
-        self.writer.commit(ops)
 
     # -- logs ---------------------------------------------------------------
 

@@ -1,0 +1,266 @@
+"""The SQL persevere writes, and pure builders of the writes a transition needs.
+
+Nothing here touches a connection: each builder returns the :class:`Op` list
+that the :class:`~persevere.journal.journal.Journal` hands to its writer, so
+the same statements serve one transaction or many batched together, and the
+statements are constants that SQLite prepares once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .. import clock
+from ..statemachine import StateType, check_move, path_to_pending
+from .records import StoredResult, TaskRun, TaskStart
+from .writer import Op
+
+FLOW_COLUMNS = (
+    "id, flow_name, entrypoint, parameters, state_type, state_name, state_message, version, "
+    "run_key, parent_flow_run_id, parent_task_run_id, lease_token, owner_host, owner_pid, "
+    "owner_started, lease_expires_ms, created_ms, started_ms, ended_ms, result_id, run_count"
+)
+TASK_COLUMNS = (
+    "id, flow_run_id, position, task_key, dynamic_key, kind, state_type, state_name, "
+    "state_message, version, attempt, result_serializer, result, result_id, created_ms, "
+    "started_ms, ended_ms"
+)
+INSERT_STATE = "INSERT INTO states VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_TASK = (
+    "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
+    "state_type, state_name, version, attempt, created_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 'Pending', 1, 1, ?)"
+)
+_TASK_RUNNING = (
+    "UPDATE task_runs SET state_type = 'RUNNING', state_name = ?, state_message = '', "
+    "version = ?, attempt = ?, started_ms = ?, ended_ms = NULL WHERE id = ? AND version = ?"
+)
+_TASK_FINISHED = (
+    "UPDATE task_runs SET state_type = ?, state_name = ?, state_message = ?, version = ?, "
+    "result_serializer = ?, result = ?, result_id = ?, ended_ms = ? WHERE id = ? AND version = ?"
+)
+# A task that finished before its start was committed: one row, three history rows.
+_INSERT_FINISHED_TASK = (
+    "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
+    "state_type, state_name, state_message, version, attempt, result_serializer, result, "
+    "result_id, created_ms, started_ms, ended_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 3, 1, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_THREE_STATES = (
+    "INSERT INTO states VALUES (?, 1, NULL, 'PENDING', 'Pending', ?, '', NULL), "
+    "(?, 2, 'PENDING', 'RUNNING', 'Running', ?, '', NULL), "
+    "(?, 3, 'RUNNING', ?, ?, ?, ?, NULL)"
+)
+#: Results up to this size are kept in the task run's row.
+INLINE_LIMIT = 256
+INSERT_RESULT = (
+    "INSERT OR IGNORE INTO results (id, serializer, data, size, created_ms) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def new_id() -> str:
+    """A new run id: 32 hex digits, time-ordered (so ids sort by creation)."""
+    return f"{clock.now_ms():012x}{os.urandom(10).hex()}"
+
+
+def task_run_id(flow_run_id: str, position: int) -> str:
+    """The id of the task run at a position of a flow run: the same on every execution."""
+    return f"{flow_run_id}.{position:08d}"
+
+
+def move(
+    table: str,
+    run_id: str,
+    source: StateType | None,
+    version: int,
+    target: StateType,
+    name: str,
+    message: str,
+    now: int,
+    sets: dict[str, Any] | None = None,
+    fence: str | None = None,
+) -> list[Op]:
+    """The two writes of one transition: a compare-and-set update and a history row."""
+    check_move(source, target, name, run_id)
+    columns = "state_type = ?, state_name = ?, state_message = ?, version = ?"
+    params: list[Any] = [target.value, name, message, version + 1]
+    for column, value in (sets or {}).items():
+        columns += f", {column} = ?"
+        params.append(value)
+    params += [run_id, version]
+    return [
+        Op(
+            f"UPDATE {table} SET {columns} WHERE id = ? AND version = ?",
+            params,
+            fence=fence,
+            expect=(run_id, version, table),
+        ),
+        Op(
+            INSERT_STATE,
+            (
+                run_id,
+                version + 1,
+                source.value if source else None,
+                target.value,
+                name,
+                now,
+                message,
+                None,
+            ),
+            fence=fence,
+        ),
+    ]
+
+
+def start_task(
+    flow_run_id: str, position: int, task_key: str, dynamic_key: int, kind: str, now: int
+) -> TaskStart:
+    """A new task run, Pending then Running: the writes are in ``TaskStart.ops``."""
+    task_id, fence = task_run_id(flow_run_id, position), flow_run_id
+    ops = (
+        Op(
+            _INSERT_TASK,
+            (task_id, flow_run_id, position, task_key, dynamic_key, kind, now),
+            fence=fence,
+        ),
+        Op(INSERT_STATE, (task_id, 1, None, "PENDING", "Pending", now, "", None), fence=fence),
+        Op(
+            _TASK_RUNNING,
+            ("Running", 2, 1, now, task_id, 1),
+            fence=fence,
+            expect=(task_id, 1, "task_runs"),
+        ),
+        Op(INSERT_STATE, (task_id, 2, "PENDING", "RUNNING", "Running", now, "", None), fence=fence),
+    )
+    return TaskStart(task_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops)
+
+
+def restart_task(task: TaskRun, message: str, now: int) -> tuple[list[Op], TaskStart]:
+    """The moves that bring a recorded, unfinished task run back to Running."""
+    state, version = task.state_type, task.version
+    if state in (StateType.RUNNING, StateType.PENDING):
+        # Its execution died with an earlier process: say so before re-running.
+        moves = [(StateType.CRASHED, "Crashed"), *path_to_pending(StateType.CRASHED)]
+    else:
+        moves = path_to_pending(state)
+    fence = task.flow_run_id
+    ops: list[Op] = []
+    for target, name in moves:
+        ops += move("task_runs", task.id, state, version, target, name, message, now, {}, fence)
+        state, version = target, version + 1
+    check_move(state, StateType.RUNNING, "Running", task.id)
+    ops.append(
+        Op(
+            _TASK_RUNNING,
+            ("Running", version + 1, task.attempt + 1, now, task.id, version),
+            fence=fence,
+            expect=(task.id, version, "task_runs"),
+        )
+    )
+    ops.append(
+        Op(
+            INSERT_STATE,
+            (task.id, version + 1, state.value, "RUNNING", "Running", now, message, None),
+            fence=fence,
+        )
+    )
+    start = TaskStart(
+        task.id,
+        task.flow_run_id,
+        task.position,
+        task.task_key,
+        task.dynamic_key,
+        task.kind,
+        task.created_ms,
+        version + 1,
+        (),
+    )
+    return ops, start
+
+
+def finish_task(
+    start: TaskStart,
+    target: StateType,
+    name: str,
+    message: str,
+    result: StoredResult | None,
+    now: int,
+    collapse: bool,
+) -> list[Op]:
+    """A task run's final state and result.
+
+    With ``collapse`` (its start was never committed), the task run is
+    written once, in its final state, with its three history rows in one
+    statement, instead of an insert and two updates.
+    """
+    check_move(StateType.RUNNING, target, name, start.id)
+    fence = start.flow_run_id
+    serializer, data, result_id = None, None, None
+    ops = []
+    if result is not None:
+        serializer = result.serializer if result.data is not None else None
+        data, result_id = result.data, result.result_id
+        if result.op is not None:
+            ops.append(result.op)
+    if collapse:
+        created = start.created_ms
+        ops.append(
+            Op(
+                _INSERT_FINISHED_TASK,
+                (
+                    start.id,
+                    start.flow_run_id,
+                    start.position,
+                    start.task_key,
+                    start.dynamic_key,
+                    start.kind,
+                    target.value,
+                    name,
+                    message,
+                    serializer,
+                    data,
+                    result_id,
+                    created,
+                    created,
+                    now,
+                ),
+                fence=fence,
+            )
+        )
+        ops.append(
+            Op(
+                _INSERT_THREE_STATES,
+                (start.id, created, start.id, created, start.id, target.value, name, now, message),
+                fence=fence,
+            )
+        )
+        return ops
+    version = start.version
+    ops.append(
+        Op(
+            _TASK_FINISHED,
+            (
+                target.value,
+                name,
+                message,
+                version + 1,
+                serializer,
+                data,
+                result_id,
+                now,
+                start.id,
+                version,
+            ),
+            fence=fence,
+            expect=(start.id, version, "task_runs"),
+        )
+    )
+    ops.append(
+        Op(
+            INSERT_STATE,
+            (start.id, version + 1, "RUNNING", target.value, name, now, message, None),
+            fence=fence,
+        )
+    )
+    return ops
