@@ -26,6 +26,7 @@ from .exceptions import (
 )
 from .flows import Flow, flow
 from .statemachine import State, StateType
+from .statemachine.retries import exponential_backoff
 from .tasks import Task, task
 from .worker import get_run_logger
 
@@ -49,6 +50,7 @@ __all__ = [
     "StateType",
     "Task",
     "__version__",
+    "exponential_backoff",
     "flow",
     "get_run_context",
     "get_run_logger",

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .callables import adopt
+from .statemachine import State
+from .statemachine.retries import DelaySpec, RetryPolicy
 from .worker import run_task
 
 P = ParamSpec("P")
@@ -26,9 +28,15 @@ class Task(Generic[P, R]):
     name: str
     result_serializer: str = "json"
     description: str | None = None
+    retries: int = 0
+    retry_delay_seconds: DelaySpec = 0
+    retry_jitter_factor: float | None = None
+    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None
 
     def __post_init__(self) -> None:
         adopt(self, self.fn, self.result_serializer)
+        policy = RetryPolicy(self.retries, self.retry_delay_seconds, self.retry_jitter_factor)
+        object.__setattr__(self, "retry_policy", policy)
 
     @property
     def task_key(self) -> str:
@@ -48,7 +56,14 @@ class Task(Generic[P, R]):
 def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload
 def task(
-    *, name: str | None = None, result_serializer: str = "json", description: str | None = None
+    *,
+    name: str | None = None,
+    result_serializer: str = "json",
+    description: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: DelaySpec = 0,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -59,15 +74,30 @@ def task(
     name: str | None = None,
     result_serializer: str = "json",
     description: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: DelaySpec = 0,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task: each call inside a flow is a journaled task run.
 
     Args:
         name: the task's name and key in the journal (default: the function's
-            name). Renaming a task changes its key: a run recorded
-            under the old name replays only under that name.
+            name). Renaming a task changes its key: a run recorded under the
+            old name replays only under that name.
         result_serializer: ``"json"`` (default) or ``"pickle"`` (signed).
         description: free text (default: the docstring).
+        retries: how many times a failed call is tried again. Each wait is
+            journaled (AwaitingRetry, with its wake-up time), so a process
+            killed during the wait resumes with the same attempt count and
+            waits only for what is left.
+        retry_delay_seconds: seconds before each retry: a number, a list (one
+            per retry, the last repeated), a function of the retry number, or
+            ``exponential_backoff(factor)``.
+        retry_jitter_factor: spread each delay at random within ``delay * (1 ± f)``.
+        retry_condition_fn: ``(task, task_run, state) -> bool``; a failure it
+            answers False to is not retried. ``raise persevere.Abort(...)``
+            is never retried.
     """
 
     def decorate(f: Callable[P, R]) -> Task[P, R]:
@@ -76,6 +106,10 @@ def task(
             name or f.__name__,
             result_serializer,
             description or (f.__doc__ or "").strip() or None,
+            retries,
+            retry_delay_seconds,
+            retry_jitter_factor,
+            retry_condition_fn,
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -31,9 +31,11 @@ from .statements import (
     INSERT_RESULT,
     INSERT_STATE,
     TASK_COLUMNS,
+    await_retry,
     finish_task,
     move,
     new_id,
+    rerun_task,
     restart_task,
     start_task,
 )
@@ -390,6 +392,19 @@ class Journal:
     def restart_task_run(self, task: TaskRun, message: str) -> TaskStart:
         """Run a recorded, unfinished task run again: back to Running (deferred)."""
         ops, start = restart_task(task, message, clock.now_ms())
+        self.writer.defer(*ops)
+        return start
+
+    def await_retry(self, start: TaskStart, wake_ms: int, message: str) -> TaskStart:
+        """A failed attempt will be retried at ``wake_ms`` (durable: survives a crash)."""
+        ops, waiting = await_retry(start, wake_ms, message, clock.now_ms())
+        self.writer.commit(ops)
+        return waiting
+
+    def retry_task_run(self, waiting: TaskStart) -> TaskStart:
+        """The next attempt of a task run that waited for its retry (deferred)."""
+        moves = path_to_pending(StateType.SCHEDULED)
+        ops, start = rerun_task(waiting, StateType.SCHEDULED, moves, "", clock.now_ms(), "Retrying")
         self.writer.defer(*ops)
         return start
 

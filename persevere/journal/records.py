@@ -72,6 +72,8 @@ class TaskRun:
     state_message: str
     version: int
     attempt: int
+    next_attempt_ms: int | None
+    retries_used: int
     result_serializer: str | None
     result: bytes | None
     result_id: str | None
@@ -93,6 +95,8 @@ class TaskStart:
     created_ms: int
     version: int
     ops: tuple[Op, ...]
+    attempt: int = 1
+    retries_used: int = 0
 
 
 @dataclass(frozen=True)

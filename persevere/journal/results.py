@@ -16,6 +16,7 @@ and never unpickled, so a tampered database cannot run code.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import decimal
 import hashlib
@@ -50,6 +51,9 @@ def _encode(value: Any) -> Any:
     if isinstance(value, bytes):
         return _tagged("bytes", base64.b64encode(value).decode("ascii"))
     if isinstance(value, dt.datetime):
+        zone = getattr(value.tzinfo, "key", None)  # a zoneinfo.ZoneInfo keeps its name
+        if isinstance(zone, str):
+            return _tagged("datetime", [value.isoformat(), zone])
         return _tagged("datetime", value.isoformat())
     if isinstance(value, dt.date):
         return _tagged("date", value.isoformat())
@@ -61,6 +65,10 @@ def _encode(value: Any) -> Any:
         return _tagged("uuid", str(value))
     if isinstance(value, decimal.Decimal):
         return _tagged("decimal", str(value))
+    if isinstance(value, (pathlib.PurePosixPath, pathlib.PureWindowsPath)) and not isinstance(
+        value, pathlib.Path
+    ):
+        return _tagged(type(value).__name__, str(value))
     if isinstance(value, pathlib.PurePath):
         return _tagged("path", str(value))
     raise TypeError(type(value).__qualname__)
@@ -86,15 +94,26 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "set": set,
     "frozenset": frozenset,
     "bytes": lambda v: base64.b64decode(v),
-    "datetime": dt.datetime.fromisoformat,
+    "datetime": lambda v: _datetime(v),
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
     "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
     "uuid": uuid.UUID,
     "decimal": decimal.Decimal,
     "path": pathlib.Path,
+    "PurePosixPath": pathlib.PurePosixPath,
+    "PureWindowsPath": pathlib.PureWindowsPath,
     "dict": lambda pairs: {_freeze(k): v for k, v in pairs},
 }
+
+
+def _datetime(value: str | list[str]) -> dt.datetime:
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    import zoneinfo  # deferred: only zoned datetimes need it
+
+    text, zone = value
+    return dt.datetime.fromisoformat(text).astimezone(zoneinfo.ZoneInfo(zone))
 
 
 def _freeze(key: Any) -> Any:
@@ -126,20 +145,43 @@ def from_json(text: str | bytes) -> Any:
     return json.loads(text, object_hook=_decode_object)
 
 
+KEY_BYTES = 32
+
+
+def _read_key(key_path: Path) -> bytes:
+    key = key_path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise SerializationError(
+            f"the signing key {key_path} is damaged ({len(key)} bytes, not {KEY_BYTES}); "
+            "pickled results signed with it cannot be trusted. Remove the file to start a new "
+            "key (results pickled before can then no longer be loaded)"
+        )
+    return key
+
+
 def load_key(key_path: Path) -> bytes:
-    """The HMAC key beside the database, created (mode 0600) on first use."""
+    """The HMAC key beside the database, created (mode 0600) on first use.
+
+    The key is written to a private temporary file and then linked into place,
+    so no process ever sees a partly written key; a key file of the wrong size
+    is refused, never used.
+    """
     try:
-        return key_path.read_bytes()
+        return _read_key(key_path)
     except FileNotFoundError:
         pass
-    key = os.urandom(32)
+    temporary = key_path.with_name(f"{key_path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
     try:
-        fd = os.open(key_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return key_path.read_bytes()  # another process made it first
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-    return key
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(KEY_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made one first
+            os.link(temporary, key_path)  # atomic: the key appears whole or not at all
+    finally:
+        temporary.unlink(missing_ok=True)
+    return _read_key(key_path)
 
 
 class Codec:
@@ -159,6 +201,11 @@ class Codec:
         if serializer == "json":
             try:
                 return to_json(value).encode()
+            except RecursionError:
+                raise SerializationError(
+                    f"{what} (of type {type(value).__qualname__}) cannot be stored as JSON: "
+                    "it contains itself, or is nested too deeply"
+                ) from None
             except (TypeError, ValueError) as exc:
                 raise SerializationError(
                     f"{what} (of type {type(value).__qualname__}) cannot be stored as JSON "

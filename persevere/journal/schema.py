@@ -66,6 +66,7 @@ def _v1(db: Any) -> None:
             state_type TEXT NOT NULL, state_name TEXT NOT NULL,
             state_message TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL,
             attempt INTEGER NOT NULL DEFAULT 1, next_attempt_ms INTEGER,
+            retries_used INTEGER NOT NULL DEFAULT 0,
             result_serializer TEXT, result BLOB, result_id TEXT,
             created_ms INTEGER NOT NULL, started_ms INTEGER, ended_ms INTEGER
         ) WITHOUT ROWID"""

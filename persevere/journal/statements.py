@@ -9,6 +9,7 @@ statements are constants that SQLite prepares once.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from .. import clock
@@ -23,8 +24,8 @@ FLOW_COLUMNS = (
 )
 TASK_COLUMNS = (
     "id, flow_run_id, position, task_key, dynamic_key, kind, state_type, state_name, "
-    "state_message, version, attempt, result_serializer, result, result_id, created_ms, "
-    "started_ms, ended_ms"
+    "state_message, version, attempt, next_attempt_ms, retries_used, result_serializer, result, "
+    "result_id, created_ms, started_ms, ended_ms"
 )
 INSERT_STATE = "INSERT INTO states VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_TASK = (
@@ -34,7 +35,8 @@ _INSERT_TASK = (
 )
 _TASK_RUNNING = (
     "UPDATE task_runs SET state_type = 'RUNNING', state_name = ?, state_message = '', "
-    "version = ?, attempt = ?, started_ms = ?, ended_ms = NULL WHERE id = ? AND version = ?"
+    "version = ?, attempt = ?, retries_used = ?, started_ms = ?, ended_ms = NULL "
+    "WHERE id = ? AND version = ?"
 )
 _TASK_FINISHED = (
     "UPDATE task_runs SET state_type = ?, state_name = ?, state_message = ?, version = ?, "
@@ -127,7 +129,7 @@ def start_task(
         Op(INSERT_STATE, (task_id, 1, None, "PENDING", "Pending", now, "", None), fence=fence),
         Op(
             _TASK_RUNNING,
-            ("Running", 2, 1, now, task_id, 1),
+            ("Running", 2, 1, 0, now, task_id, 1),
             fence=fence,
             expect=(task_id, 1, "task_runs"),
         ),
@@ -137,34 +139,19 @@ def start_task(
 
 
 def restart_task(task: TaskRun, message: str, now: int) -> tuple[list[Op], TaskStart]:
-    """The moves that bring a recorded, unfinished task run back to Running."""
-    state, version = task.state_type, task.version
+    """The moves that bring a recorded, unfinished task run back to Running.
+
+    A task run that was waiting for a retry keeps its count of retries used;
+    one that failed (its retries spent) or crashed starts a new count: a
+    resume is a new chance.
+    """
+    state = task.state_type
     if state in (StateType.RUNNING, StateType.PENDING):
         # Its execution died with an earlier process: say so before re-running.
         moves = [(StateType.CRASHED, "Crashed"), *path_to_pending(StateType.CRASHED)]
     else:
         moves = path_to_pending(state)
-    fence = task.flow_run_id
-    ops: list[Op] = []
-    for target, name in moves:
-        ops += move("task_runs", task.id, state, version, target, name, message, now, {}, fence)
-        state, version = target, version + 1
-    check_move(state, StateType.RUNNING, "Running", task.id)
-    ops.append(
-        Op(
-            _TASK_RUNNING,
-            ("Running", version + 1, task.attempt + 1, now, task.id, version),
-            fence=fence,
-            expect=(task.id, version, "task_runs"),
-        )
-    )
-    ops.append(
-        Op(
-            INSERT_STATE,
-            (task.id, version + 1, state.value, "RUNNING", "Running", now, message, None),
-            fence=fence,
-        )
-    )
+    retrying = state is StateType.SCHEDULED and task.state_name == "AwaitingRetry"
     start = TaskStart(
         task.id,
         task.flow_run_id,
@@ -173,10 +160,65 @@ def restart_task(task: TaskRun, message: str, now: int) -> tuple[list[Op], TaskS
         task.dynamic_key,
         task.kind,
         task.created_ms,
-        version + 1,
+        task.version,
         (),
+        task.attempt,
+        task.retries_used if retrying else 0,
     )
-    return ops, start
+    return rerun_task(start, state, moves, message, now, "Retrying" if retrying else "Running")
+
+
+def rerun_task(
+    start: TaskStart,
+    state: StateType,
+    moves: list[tuple[StateType, str]],
+    message: str,
+    now: int,
+    running_name: str,
+) -> tuple[list[Op], TaskStart]:
+    """Make ``moves`` from ``state``, then Running (as ``running_name``) for a new attempt."""
+    version, fence, ops = start.version, start.flow_run_id, []
+    for target, name in moves:
+        ops += move("task_runs", start.id, state, version, target, name, message, now, {}, fence)
+        state, version = target, version + 1
+    check_move(state, StateType.RUNNING, running_name, start.id)
+    attempt = start.attempt + 1
+    ops.append(
+        Op(
+            _TASK_RUNNING,
+            (running_name, version + 1, attempt, start.retries_used, now, start.id, version),
+            fence=fence,
+            expect=(start.id, version, "task_runs"),
+        )
+    )
+    ops.append(
+        Op(
+            INSERT_STATE,
+            (start.id, version + 1, state.value, "RUNNING", running_name, now, message, None),
+            fence=fence,
+        )
+    )
+    return ops, replace(start, version=version + 1, ops=(), attempt=attempt)
+
+
+def await_retry(
+    start: TaskStart, wake_ms: int, message: str, now: int
+) -> tuple[list[Op], TaskStart]:
+    """A failed attempt that will be retried: Running -> AwaitingRetry until ``wake_ms``."""
+    used = start.retries_used + 1
+    ops = move(
+        "task_runs",
+        start.id,
+        StateType.RUNNING,
+        start.version,
+        StateType.SCHEDULED,
+        "AwaitingRetry",
+        message,
+        now,
+        {"next_attempt_ms": wake_ms, "retries_used": used, "ended_ms": now},
+        start.flow_run_id,
+    )
+    return ops, replace(start, version=start.version + 1, ops=(), retries_used=used)
 
 
 def finish_task(

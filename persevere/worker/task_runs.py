@@ -10,12 +10,17 @@ result is one durable commit, so a sequential task costs one commit.
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any
 
+from .. import clock
 from ..context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
-from ..exceptions import NonDeterminismError, SerializationError
-from ..journal import Journal, TaskRun
+from ..exceptions import Abort, NonDeterminismError, SerializationError
+from ..journal import Journal, TaskRun, TaskStart
 from ..statemachine import State, StateType
+from ..statemachine.retries import next_attempt_ms
+from .logs import get_run_logger
 
 
 def describe(exc: BaseException) -> str:
@@ -55,32 +60,49 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
     recorded = ctx.recorded.get(position) if ctx.recorded else None
     if recorded is None:
         start = journal.start_task_run(flow_run_id, position, key, dynamic_key, "task")
-        attempt = 1
     else:
         check_recorded(ctx, position, recorded, key, "task")
         if recorded.state_type is StateType.COMPLETED:
             ctx.replayed += 1
             state = load_recorded(journal, recorded)
             return state if return_state else state.data
-        attempt = recorded.attempt + 1
+        if recorded.next_attempt_ms and recorded.state_name == "AwaitingRetry":
+            sleep_until(recorded.next_attempt_ms)  # only what is left of the delay
         start = journal.restart_task_run(recorded, "run again after the flow run resumed")
-    token = task_run_context.set(TaskRunContext(flow_run_id, start.id, key, dynamic_key, attempt))
-    try:
-        value = task.fn(*args, **kwargs)
-    except Exception as exc:
-        journal.finish_task_run(start, StateType.FAILED, "Failed", describe(exc))
-        if return_state:
-            return State(StateType.FAILED, "Failed", describe(exc), 0, start.id, exc)
-        raise
-    except BaseException as exc:
-        message = f"interrupted by {type(exc).__name__}"
-        journal.finish_task_run(start, StateType.CRASHED, "Crashed", message)
-        raise
-    finally:
-        task_run_context.reset(token)
+    while True:
+        token = task_run_context.set(
+            TaskRunContext(flow_run_id, start.id, key, dynamic_key, start.attempt)
+        )
+        try:
+            value = task.fn(*args, **kwargs)
+        except Exception as exc:
+            wake = _retry_at(task, start, exc)
+            if wake is None:
+                journal.finish_task_run(start, StateType.FAILED, "Failed", describe(exc))
+                if return_state:
+                    return State(StateType.FAILED, "Failed", describe(exc), 0, start.id, exc)
+                raise
+            start = journal.await_retry(start, wake, describe(exc))
+            _log_retry(task, start, exc, wake)
+            sleep_until(wake)
+            start = journal.retry_task_run(start)
+            continue
+        except BaseException as exc:
+            message = f"interrupted by {type(exc).__name__}"
+            journal.finish_task_run(start, StateType.CRASHED, "Crashed", message)
+            raise
+        finally:
+            task_run_context.reset(token)
+        return _complete(ctx, task, start, value, return_state)
+
+
+def _complete(
+    ctx: FlowRunContext, task: Any, start: TaskStart, value: Any, return_state: bool
+) -> Any:
+    journal = ctx.journal
     try:
         result = journal.store(
-            value, task.result_serializer, f"result of task {task.name!r}", flow_run_id
+            value, task.result_serializer, f"result of task {task.name!r}", start.flow_run_id
         )
     except SerializationError as exc:
         journal.finish_task_run(start, StateType.FAILED, "Failed", str(exc))
@@ -90,3 +112,31 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
     if return_state:
         return State(StateType.COMPLETED, "Completed", "", 0, start.id, value)
     return value
+
+
+def _retry_at(task: Any, start: TaskStart, exc: Exception) -> int | None:
+    """When to try again after this failure, or None (no retries left, or not retryable)."""
+    policy = task.retry_policy
+    if not policy.retries or isinstance(exc, Abort):
+        return None
+    condition = task.retry_condition_fn
+    if condition is not None:
+        failed = State(StateType.FAILED, "Failed", describe(exc), 0, start.id, exc)
+        if not condition(task, start, failed):
+            return None
+    return next_attempt_ms(policy, start.retries_used, clock.now_ms(), random.random())
+
+
+def _log_retry(task: Any, start: TaskStart, exc: Exception, wake_ms: int) -> None:
+    seconds = max(0, wake_ms - clock.now_ms()) / 1000
+    get_run_logger("persevere.task_runs").warning(
+        f"Task run {task.name!r} failed on attempt {start.attempt} ({describe(exc)}); "
+        f"retry {start.retries_used} of {task.retry_policy.retries} in {seconds:g} s"
+    )
+
+
+def sleep_until(wake_ms: int) -> None:
+    """Wait until an instant recorded in the journal (at once if it has passed)."""
+    delay = (wake_ms - clock.now_ms()) / 1000
+    if delay > 0:
+        time.sleep(delay)
