@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .callables import adopt
+from .statemachine import State
+from .statemachine.retries import DelaySpec
 from .worker import run_flow
 
 P = ParamSpec("P")
@@ -27,11 +29,15 @@ class Flow(Generic[P, R]):
     result_serializer: str = "json"
     run_key: str | None = None
     description: str | None = None
+    retries: int = 0
+    retry_delay_seconds: DelaySpec = 0
+    retry_jitter_factor: float | None = None
+    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None
 
     __persevere_flow__ = True
 
     def __post_init__(self) -> None:
-        adopt(self, self.fn, self.result_serializer)
+        adopt(self)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return_state = bool(kwargs.pop("return_state", False))
@@ -52,6 +58,10 @@ def flow(
     result_serializer: str = "json",
     run_key: str | None = None,
     description: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: DelaySpec = 0,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -64,6 +74,10 @@ def flow(
     result_serializer: str = "json",
     run_key: str | None = None,
     description: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: DelaySpec = 0,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow: each call is a durable flow run.
 
@@ -74,6 +88,9 @@ def flow(
         run_key: an idempotency key; a second call with the same key resumes
             the unfinished run or returns the completed run's result.
         description: shown by ``persevere`` listings (default: the docstring).
+        retries, retry_delay_seconds, retry_jitter_factor, retry_condition_fn:
+            as on ``@task``. A retried flow run replays its completed task
+            runs and runs again from the one that failed.
     """
 
     def decorate(f: Callable[P, R]) -> Flow[P, R]:
@@ -84,6 +101,10 @@ def flow(
             result_serializer,
             run_key,
             description or (f.__doc__ or "").strip() or None,
+            retries,
+            retry_delay_seconds,
+            retry_jitter_factor,
+            retry_condition_fn,
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -8,7 +8,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .callables import adopt
 from .statemachine import State
-from .statemachine.retries import DelaySpec, RetryPolicy
+from .statemachine.retries import DelaySpec
 from .worker import run_task
 
 P = ParamSpec("P")
@@ -34,9 +34,7 @@ class Task(Generic[P, R]):
     retry_condition_fn: Callable[[Any, Any, State], bool] | None = None
 
     def __post_init__(self) -> None:
-        adopt(self, self.fn, self.result_serializer)
-        policy = RetryPolicy(self.retries, self.retry_delay_seconds, self.retry_jitter_factor)
-        object.__setattr__(self, "retry_policy", policy)
+        adopt(self)
 
     @property
     def task_key(self) -> str:

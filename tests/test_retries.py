@@ -178,3 +178,72 @@ def test_a_process_killed_during_the_backoff_resumes_the_count_and_waits_the_res
     first_retry = retried[0][0]
     assert first_retry >= wake  # not before the journaled wake-up time
     assert first_retry - resumed_at < 3000 - 300  # only what was left of the 3 s delay
+
+
+def test_a_flow_retry_replays_completed_tasks(journal: Journal) -> None:
+    calls = {"first": 0, "second": 0}
+
+    @task
+    def first() -> int:
+        calls["first"] += 1
+        return 1
+
+    @task
+    def second() -> int:
+        calls["second"] += 1
+        if calls["second"] == 1:
+            raise ConnectionError("once")
+        return 2
+
+    @flow(retries=2, retry_delay_seconds=0.01)
+    def twice() -> int:
+        return first() + second()
+
+    assert twice() == 3
+    assert calls == {"first": 1, "second": 2}
+    [run] = journal.list_flow_runs()
+    assert [m.name for m in journal.history(run.id)] == [
+        "Pending", "Running", "AwaitingRetry", "Pending", "Retrying", "Completed"
+    ]  # fmt: skip
+    assert run.retries_used == 1
+
+
+def test_a_flow_that_aborts_is_not_retried(journal: Journal) -> None:
+    calls: list[int] = []
+
+    @flow(retries=3)
+    def stubborn() -> None:
+        calls.append(1)
+        raise Abort("no point")
+
+    with pytest.raises(Abort):
+        stubborn()
+    assert calls == [1]
+
+
+def test_a_flow_killed_during_its_backoff_is_resumed_after_the_rest_of_the_delay(
+    db: Path, tmp_path: Path
+) -> None:
+    side = tmp_path / "side.txt"
+    env = {"RETRY_SIDE_FILE": str(side), "RETRY_DELAY": "3"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "persevere", "run", f"{FLOWS / 'retrying.py'}:flaky_flow"],
+        env=cli_env(db, RETRY_KILL_ON="1", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    [run] = json.loads(run_cli(db, "runs", "ls", "--json").stdout)
+    assert run["state_name"] == "AwaitingRetry"
+    with sqlite3.connect(db) as conn:
+        [(wake,)] = conn.execute("SELECT scheduled_ms FROM flow_runs").fetchall()
+    done = run_cli(db, "runs", "resume", run["id"], **env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == 2
+    assert side.read_text().splitlines() == ["first-step", "flow-body", "flow-body"]
+    with sqlite3.connect(db) as conn:
+        [(retried_at,)] = conn.execute(
+            "SELECT ts_ms FROM states WHERE run_id = ? AND name = 'Retrying'", (run["id"],)
+        ).fetchall()
+    assert retried_at >= wake

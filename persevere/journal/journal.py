@@ -272,8 +272,10 @@ class Journal:
             ]
         )
 
-    def claim_flow_run(self, run: FlowRun, owner: Owner, token: str) -> FlowRun:
-        """Move a Pending run to Running under this owner and lease (durable, CAS)."""
+    def claim_flow_run(
+        self, run: FlowRun, owner: Owner, token: str, name: str = "Running"
+    ) -> FlowRun:
+        """Move a Pending run to Running (or Retrying) under this owner and lease (durable, CAS)."""
         now = clock.now_ms()
         sets = {
             "lease_token": token,
@@ -292,7 +294,7 @@ class Journal:
                 run.state_type,
                 run.version,
                 StateType.RUNNING,
-                "Running",
+                name,
                 "",
                 now,
                 sets,
@@ -308,14 +310,17 @@ class Journal:
         name: str,
         message: str = "",
         result: StoredResult | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> FlowRun:
-        """Journal a run's final state (with its result) and give up its lease (durable).
+        """Journal the state this execution of a run ends in, and give up its lease (durable).
 
-        A flow run's result is always kept in ``results`` (store it with
-        ``inline=False``), so that a parent's task run can refer to it.
+        That is a final state (with the run's result), or AwaitingRetry (with
+        ``extra`` holding its wake-up time). A flow run's result is always kept
+        in ``results`` (store it with ``inline=False``), so that a parent's
+        task run can refer to it.
         """
         now = clock.now_ms()
-        sets: dict[str, Any] = {"ended_ms": now, "lease_token": None}
+        sets: dict[str, Any] = {"ended_ms": now, "lease_token": None, **(extra or {})}
         ops = []
         if result is not None:
             sets["result_id"] = result.result_id
@@ -340,11 +345,17 @@ class Journal:
         return self.get_flow_run(run.id)
 
     def reschedule_flow_run(self, run: FlowRun, message: str) -> FlowRun:
-        """Bring an unfinished run back to Pending to execute it again (durable, CAS)."""
+        """Bring an unfinished run back to Pending to execute it again (durable, CAS).
+
+        A run waiting for its retry keeps its count of retries used; any other
+        starts a new count (a resume is a new chance).
+        """
         now, ops = clock.now_ms(), []
         state, version = run.state_type, run.version
+        retrying = run.state_name == "AwaitingRetry"
         for target, name in path_to_pending(state):
-            ops += move("flow_runs", run.id, state, version, target, name, message, now)
+            sets = {} if retrying or target is not StateType.PENDING else {"retries_used": 0}
+            ops += move("flow_runs", run.id, state, version, target, name, message, now, sets)
             state, version = target, version + 1
         self.writer.commit(ops)
         return self.get_flow_run(run.id)

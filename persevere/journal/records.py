@@ -43,11 +43,13 @@ class FlowRun:
     owner_pid: int | None
     owner_started: str | None
     lease_expires_ms: int | None
+    scheduled_ms: int | None
     created_ms: int
     started_ms: int | None
     ended_ms: int | None
     result_id: str | None
     run_count: int
+    retries_used: int
 
     @property
     def owner(self) -> Owner | None:

@@ -43,10 +43,11 @@ def _v1(db: Any) -> None:
             "ended_ms": int,
             "result_id": str,
             "run_count": int,
+            "retries_used": int,
         },
         pk="id",
         not_null=["flow_name", "state_type", "state_name", "version", "created_ms"],
-        defaults={"parameters": "{}", "state_message": "", "run_count": 0},
+        defaults={"parameters": "{}", "state_message": "", "run_count": 0, "retries_used": 0},
     )
     db.table("flow_runs").create_index(["run_key"], unique=True)
     db.table("flow_runs").create_index(["state_type"])

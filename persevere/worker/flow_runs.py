@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .. import clock
 from ..context import FlowRunContext, flow_run_context
 from ..exceptions import (
     LeaseLost,
@@ -26,7 +27,7 @@ from ..statemachine import State, StateType
 from . import entrypoints, parameters, recovery
 from .logs import capture_prints, get_run_logger
 from .owners import this_process
-from .task_runs import check_recorded, describe, load_recorded
+from .task_runs import check_recorded, describe, load_recorded, retry_time, sleep_until
 
 RESUMABLE = (StateType.CRASHED, StateType.FAILED, StateType.CANCELLED)
 
@@ -108,38 +109,64 @@ def _prepare(journal: Journal, run: FlowRun) -> FlowRun:
         raise RunNotResumable(run.id, run.state_name, f"run {run.id} is executing in {who}")
     if run.state_type is StateType.COMPLETED:
         raise RunNotResumable(run.id, run.state_name, f"run {run.id} has completed already")
+    if run.state_name == "AwaitingRetry":
+        if run.owner is not None and run.owner != me and not recovery.is_abandoned(run):
+            raise RunNotResumable(
+                run.id,
+                run.state_name,
+                f"run {run.id} is waiting for its retry in {run.owner.label()}",
+            )
+        sleep_until(run.scheduled_ms or 0)  # only what is left of the delay
+        return journal.reschedule_flow_run(run, f"retried by {me.label()}")
     return journal.reschedule_flow_run(run, f"resumed by {me.label()}")
 
 
 def execute(
     journal: Journal, flow: Any, run: FlowRun, params: dict[str, Any]
 ) -> tuple[State, FlowRun]:
-    """Claim a run and execute its flow function; returns the final State and run."""
-    run = _prepare(journal, run)
-    run = journal.claim_flow_run(run, this_process(), new_id())
-    recorded = {t.position: t for t in journal.task_runs(run.id)} if run.run_count > 1 else {}
-    ctx = FlowRunContext(journal, run, flow, recorded, log_prints=flow.log_prints)
-    if flow.log_prints:
-        capture_prints()
-    token = flow_run_context.set(ctx)
-    try:
-        logger = get_run_logger("persevere.flow_runs")
-        if recorded:
-            logger.info(f"Flow run {flow.name!r} resumed: {len(recorded)} task runs on record")
-        else:
-            logger.info(f"Flow run {flow.name!r} started")
-        state = _call(ctx, flow, params)
-        done = sum(1 for t in recorded.values() if t.state_type is StateType.COMPLETED)
-        summary = f"{ctx.executed} task runs executed"
-        if done:
-            summary += f", {ctx.replayed} replayed from the journal"
-        logger.info(f"Finished in state {state.name} ({summary})")
-    finally:
-        flow_run_context.reset(token)
-    return state, ctx.run
+    """Claim a run and execute its flow function; returns the final State and run.
+
+    A failure the flow's retry policy allows ends this execution in
+    AwaitingRetry; the run is claimed again after the delay and its
+    completed task runs are replayed.
+    """
+    while True:
+        retrying = run.state_name == "AwaitingRetry"
+        run = _prepare(journal, run)
+        name = "Retrying" if retrying else "Running"
+        run = journal.claim_flow_run(run, this_process(), new_id(), name)
+        recorded = {t.position: t for t in journal.task_runs(run.id)} if run.run_count > 1 else {}
+        ctx = FlowRunContext(journal, run, flow, recorded, log_prints=flow.log_prints)
+        if flow.log_prints:
+            capture_prints()
+        token = flow_run_context.set(ctx)
+        try:
+            logger = get_run_logger("persevere.flow_runs")
+            what = "resumed" if run.run_count > 1 else "started"
+            on_record = f": {len(recorded)} task runs on record" if recorded else ""
+            logger.info(f"Flow run {flow.name!r} {what}{on_record}")
+            state = _call(ctx, flow, params)
+            summary = f"{ctx.executed} task runs executed"
+            if ctx.replayed:
+                summary += f", {ctx.replayed} replayed from the journal"
+            if state is None:
+                wait = max(0, (ctx.run.scheduled_ms or 0) - clock.now_ms()) / 1000
+                logger.warning(
+                    f"Flow run failed ({ctx.run.state_message}); retry "
+                    f"{ctx.run.retries_used} of {flow.retry_policy.retries} in {wait:g} s "
+                    f"({summary})"
+                )
+            else:
+                logger.info(f"Finished in state {state.name} ({summary})")
+        finally:
+            flow_run_context.reset(token)
+        if state is not None:
+            return state, ctx.run
+        run = ctx.run
 
 
-def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State:
+def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | None:
+    """Call the flow function; journal how this execution ended. None: it will be retried."""
     journal, run = ctx.journal, ctx.run
     signature = inspect.signature(flow.fn)
     bound = inspect.BoundArguments(signature, params)  # type: ignore[arg-type,unused-ignore]
@@ -148,6 +175,13 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State:
     except LeaseLost:
         raise  # the run is somebody else's now: record nothing
     except Exception as exc:
+        wake = retry_time(flow, run.retries_used, exc, run)
+        if wake is not None:
+            extra = {"scheduled_ms": wake, "retries_used": run.retries_used + 1}
+            ctx.run = journal.finish_flow_run(
+                run, StateType.SCHEDULED, "AwaitingRetry", describe(exc), extra=extra
+            )
+            return None
         ctx.run = journal.finish_flow_run(run, StateType.FAILED, "Failed", describe(exc))
         return State(StateType.FAILED, "Failed", describe(exc), 0, run.id, exc)
     except BaseException as exc:
@@ -224,7 +258,7 @@ def resume(journal: Journal, run_id: str) -> tuple[State, FlowRun]:
             run.state_name,
             f"run {run.id} is a subflow of run {run.parent_flow_run_id}; resume that run",
         )
-    if run.state_type not in RESUMABLE:
+    if run.state_type not in RESUMABLE and run.state_name != "AwaitingRetry":
         raise RunNotResumable(run.id, run.state_name)
     if not run.entrypoint:
         raise RunNotResumable(

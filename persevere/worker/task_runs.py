@@ -76,7 +76,7 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
         try:
             value = task.fn(*args, **kwargs)
         except Exception as exc:
-            wake = _retry_at(task, start, exc)
+            wake = retry_time(task, start.retries_used, exc, start)
             if wake is None:
                 journal.finish_task_run(start, StateType.FAILED, "Failed", describe(exc))
                 if return_state:
@@ -114,17 +114,21 @@ def _complete(
     return value
 
 
-def _retry_at(task: Any, start: TaskStart, exc: Exception) -> int | None:
-    """When to try again after this failure, or None (no retries left, or not retryable)."""
-    policy = task.retry_policy
+def retry_time(owner: Any, retries_used: int, exc: Exception, run: Any) -> int | None:
+    """When a task or flow may try again after this failure, or None if it may not.
+
+    ``owner`` is the Task or Flow (its ``retry_policy`` and
+    ``retry_condition_fn``), ``run`` the run record handed to the condition.
+    """
+    policy = owner.retry_policy
     if not policy.retries or isinstance(exc, Abort):
         return None
-    condition = task.retry_condition_fn
+    condition = owner.retry_condition_fn
     if condition is not None:
-        failed = State(StateType.FAILED, "Failed", describe(exc), 0, start.id, exc)
-        if not condition(task, start, failed):
+        failed = State(StateType.FAILED, "Failed", describe(exc), 0, run.id, exc)
+        if not condition(owner, run, failed):
             return None
-    return next_attempt_ms(policy, start.retries_used, clock.now_ms(), random.random())
+    return next_attempt_ms(policy, retries_used, clock.now_ms(), random.random())
 
 
 def _log_retry(task: Any, start: TaskStart, exc: Exception, wake_ms: int) -> None:

@@ -34,3 +34,26 @@ def flaky() -> str:
 @flow
 def retrying() -> str:
     return flaky()
+
+
+@task
+def first_step() -> int:
+    with open(os.environ["RETRY_SIDE_FILE"], "a") as side:
+        side.write("first-step\n")
+    return 1
+
+
+@flow(retries=2, retry_delay_seconds=DELAY)
+def flaky_flow() -> int:
+    """Fails after its first task on its first execution (the side file says which)."""
+    value = first_step()
+    with open(os.environ["RETRY_SIDE_FILE"]) as side:
+        executions = sum(1 for line in side if line.startswith("flow-body"))
+    with open(os.environ["RETRY_SIDE_FILE"], "a") as side:
+        side.write("flow-body\n")
+    if executions == 0:
+        if KILL_ON:
+            signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGKILL))
+            signal.setitimer(signal.ITIMER_REAL, 0.3)  # die during the backoff that follows
+        raise ConnectionError("the first execution fails")
+    return value + 1
