@@ -26,6 +26,7 @@ from .exceptions import (
 )
 from .flows import Flow, flow
 from .statemachine import State, StateType
+from .statemachine.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from .statemachine.retries import exponential_backoff
 from .tasks import Task, task
 from .worker import get_run_logger
@@ -33,7 +34,12 @@ from .worker import get_run_logger
 __version__ = "0.1.0"
 
 __all__ = [
+    "FLOW_PARAMETERS",
+    "INPUTS",
+    "NO_CACHE",
+    "TASK_SOURCE",
     "Abort",
+    "CachePolicy",
     "Flow",
     "InvalidTransition",
     "LeaseLost",

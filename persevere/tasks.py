@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .callables import adopt
 from .statemachine import State
+from .statemachine.caching import NO_CACHE, CachePolicy
 from .statemachine.retries import DelaySpec
 from .worker import run_task
 
@@ -32,6 +34,10 @@ class Task(Generic[P, R]):
     retry_delay_seconds: DelaySpec = 0
     retry_jitter_factor: float | None = None
     retry_condition_fn: Callable[[Any, Any, State], bool] | None = None
+    cache_policy: CachePolicy = NO_CACHE
+    cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None
+    cache_expiration: datetime.timedelta | None = None
+    refresh_cache: bool = False
 
     def __post_init__(self) -> None:
         adopt(self)
@@ -62,6 +68,10 @@ def task(
     retry_delay_seconds: DelaySpec = 0,
     retry_jitter_factor: float | None = None,
     retry_condition_fn: Callable[[Any, Any, State], bool] | None = None,
+    cache_policy: CachePolicy = NO_CACHE,
+    cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None,
+    cache_expiration: datetime.timedelta | None = None,
+    refresh_cache: bool = False,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -76,6 +86,10 @@ def task(
     retry_delay_seconds: DelaySpec = 0,
     retry_jitter_factor: float | None = None,
     retry_condition_fn: Callable[[Any, Any, State], bool] | None = None,
+    cache_policy: CachePolicy = NO_CACHE,
+    cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None,
+    cache_expiration: datetime.timedelta | None = None,
+    refresh_cache: bool = False,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task: each call inside a flow is a journaled task run.
 
@@ -96,6 +110,15 @@ def task(
         retry_condition_fn: ``(task, task_run, state) -> bool``; a failure it
             answers False to is not retried. ``raise persevere.Abort(...)``
             is never retried.
+        cache_policy: what a cross-run cache key is made of: ``INPUTS``,
+            ``TASK_SOURCE``, ``FLOW_PARAMETERS``, combined with ``+``;
+            ``INPUTS - "arg"`` leaves an argument out. Default ``NO_CACHE``.
+            A call whose key has a live entry is journaled Cached and its
+            body does not run. Entries are shared by every flow on the database.
+        cache_key_fn: ``(task_run_context, inputs) -> str | None``: the key
+            yourself (None: do not cache this call).
+        cache_expiration: how long an entry is good for (default: forever).
+        refresh_cache: run the body even on a hit, and replace the entry.
     """
 
     def decorate(f: Callable[P, R]) -> Task[P, R]:
@@ -108,6 +131,10 @@ def task(
             retry_delay_seconds,
             retry_jitter_factor,
             retry_condition_fn,
+            cache_policy,
+            cache_key_fn,
+            cache_expiration,
+            refresh_cache,
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -1,7 +1,7 @@
 """All SQL of persevere: schema, migrations, the Journal API and result codecs."""
 
 from .journal import Journal, close_all, open_journal
-from .records import FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition
+from .records import CacheEntry, FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition
 from .results import Codec, from_json, to_json
 from .schema import SCHEMA_VERSION
 from .statements import new_id, task_run_id
@@ -9,6 +9,7 @@ from .writer import Op
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CacheEntry",
     "Codec",
     "FlowRun",
     "Journal",

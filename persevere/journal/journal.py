@@ -22,7 +22,16 @@ from ..exceptions import RunNotFound
 from ..settings import Settings
 from ..statemachine import Owner, StateType, check_move, path_to_pending
 from .connection import configure, connect
-from .records import FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition, from_row
+from .records import (
+    CacheEntry,
+    FlowRun,
+    LogLine,
+    StoredResult,
+    TaskRun,
+    TaskStart,
+    Transition,
+    from_row,
+)
 from .results import Codec, content_id
 from .schema import ensure_schema
 from .statements import (
@@ -186,6 +195,61 @@ class Journal:
             INSERT_RESULT, (result_id, serializer, data, len(data), clock.now_ms()), fence=fence
         )
         return StoredResult(serializer, None, result_id, op)
+
+    def load_stored(self, stored: StoredResult) -> Any:
+        """The value of a stored result (inline or by reference)."""
+        if stored.data is not None:
+            return self.codec.loads(bytes(stored.data), stored.serializer)
+        return self.load_result(stored.result_id) if stored.result_id else None
+
+    # -- the cache ------------------------------------------------------------
+
+    def find_cached(self, key: str, now_ms: int) -> CacheEntry | None:
+        """The cache entry under ``key``, unless there is none or it has expired."""
+        rows = self._rows(
+            "SELECT * FROM cache WHERE key = ? AND (expires_ms IS NULL OR expires_ms > ?)",
+            (key, now_ms),
+        )
+        return from_row(CacheEntry, rows[0]) if rows else None
+
+    def cache_op(
+        self,
+        key: str,
+        task_key: str,
+        task_run_id: str,
+        result: StoredResult,
+        expires_ms: int | None,
+        fence: str,
+    ) -> Op:
+        """The write that caches a task run's result under ``key`` (commit it with the run)."""
+        data = result.data
+        return Op(
+            "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                task_key,
+                task_run_id,
+                result.serializer if data is not None else None,
+                data,
+                result.result_id,
+                clock.now_ms(),
+                expires_ms,
+            ),
+            fence=fence,
+        )
+
+    def cache_entries(self, task_key: str | None = None) -> list[CacheEntry]:
+        """Cache entries, newest first, optionally of one task."""
+        where, params = ("WHERE task_key = ?", (task_key,)) if task_key else ("", ())
+        rows = self._rows(f"SELECT * FROM cache {where} ORDER BY created_ms DESC", params)
+        return [from_row(CacheEntry, r) for r in rows]
+
+    def clear_cache(self, task_key: str | None = None) -> int:
+        """Remove cache entries (all, or one task's); returns how many (durable)."""
+        where, params = ("WHERE task_key = ?", (task_key,)) if task_key else ("", ())
+        count = len(self._rows(f"SELECT key FROM cache {where}", params))
+        self.writer.commit([Op(f"DELETE FROM cache {where}", params)])
+        return count
 
     def load_task_result(self, task: TaskRun) -> Any:
         """The value a completed task run returned."""
@@ -426,16 +490,16 @@ class Journal:
         name: str,
         message: str = "",
         result: StoredResult | None = None,
+        also: Sequence[Op] = (),
     ) -> None:
-        """Journal a task run's final state and result (durable).
+        """Journal a task run's final state and result (durable), with ``also`` in the commit.
 
         A fast task, whose start is still waiting to be committed, is written
         as one row (see :func:`statements.finish_task`).
         """
         collapse = bool(start.ops) and self.writer.withdraw(start.ops)
-        self.writer.commit(
-            finish_task(start, target, name, message, result, clock.now_ms(), collapse)
-        )
+        ops = finish_task(start, target, name, message, result, clock.now_ms(), collapse)
+        self.writer.commit([*ops, *also])
 
     # -- logs ---------------------------------------------------------------
 

@@ -112,6 +112,25 @@ class StoredResult:
 
 
 @dataclass(frozen=True)
+class CacheEntry:
+    """A cached result of a task, under its cache key."""
+
+    key: str
+    task_key: str
+    task_run_id: str | None
+    result_serializer: str | None
+    result: bytes | None
+    result_id: str | None
+    created_ms: int
+    expires_ms: int | None
+
+    @property
+    def stored(self) -> StoredResult:
+        """The cached result, as a task run refers to it."""
+        return StoredResult(self.result_serializer or "json", self.result, self.result_id, None)
+
+
+@dataclass(frozen=True)
 class Transition:
     """One journaled move of a run."""
 

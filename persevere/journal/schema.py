@@ -80,6 +80,14 @@ def _v1(db: Any) -> None:
             ts_ms INTEGER NOT NULL, message TEXT NOT NULL DEFAULT '', details TEXT,
             PRIMARY KEY (run_id, version)) WITHOUT ROWID"""
     )
+    # Cross-run cache entries: a cache key and the result stored for it.
+    db.execute(
+        """CREATE TABLE cache (
+            key TEXT PRIMARY KEY, task_key TEXT NOT NULL, task_run_id TEXT,
+            result_serializer TEXT, result BLOB, result_id TEXT,
+            created_ms INTEGER NOT NULL, expires_ms INTEGER
+        )"""
+    )
     db.table("results").create(
         {"id": str, "serializer": str, "data": bytes, "path": str, "size": int, "created_ms": int},
         pk="id",

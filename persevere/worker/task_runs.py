@@ -20,6 +20,7 @@ from ..exceptions import Abort, NonDeterminismError, SerializationError
 from ..journal import Journal, TaskRun, TaskStart
 from ..statemachine import State, StateType
 from ..statemachine.retries import next_attempt_ms
+from . import caching
 from .logs import get_run_logger
 
 
@@ -69,6 +70,14 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
         if recorded.next_attempt_ms and recorded.state_name == "AwaitingRetry":
             sleep_until(recorded.next_attempt_ms)  # only what is left of the delay
         start = journal.restart_task_run(recorded, "run again after the flow run resumed")
+    cache_key = caching.key_for(task, ctx, start, args, kwargs)
+    hit = caching.lookup(ctx, task, cache_key)
+    if hit is not None:
+        journal.finish_task_run(start, StateType.COMPLETED, "Cached", result=hit.stored)
+        value = journal.load_stored(hit.stored)
+        if return_state:
+            return State(StateType.COMPLETED, "Cached", "", 0, start.id, value)
+        return value
     while True:
         token = task_run_context.set(
             TaskRunContext(flow_run_id, start.id, key, dynamic_key, start.attempt)
@@ -93,11 +102,16 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
             raise
         finally:
             task_run_context.reset(token)
-        return _complete(ctx, task, start, value, return_state)
+        return _complete(ctx, task, start, value, return_state, cache_key)
 
 
 def _complete(
-    ctx: FlowRunContext, task: Any, start: TaskStart, value: Any, return_state: bool
+    ctx: FlowRunContext,
+    task: Any,
+    start: TaskStart,
+    value: Any,
+    return_state: bool,
+    cache_key: str | None,
 ) -> Any:
     journal = ctx.journal
     try:
@@ -107,7 +121,8 @@ def _complete(
     except SerializationError as exc:
         journal.finish_task_run(start, StateType.FAILED, "Failed", str(exc))
         raise
-    journal.finish_task_run(start, StateType.COMPLETED, "Completed", result=result)
+    also = [caching.store_op(ctx, task, cache_key, start, result)] if cache_key else []
+    journal.finish_task_run(start, StateType.COMPLETED, "Completed", result=result, also=also)
     ctx.executed += 1
     if return_state:
         return State(StateType.COMPLETED, "Completed", "", 0, start.id, value)
