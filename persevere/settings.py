@@ -34,6 +34,7 @@ class Settings:
     flush_seconds: float
     synchronous: str
     log_level: str
+    result_file_bytes: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,6 +54,8 @@ class Settings:
             flush_seconds=_float_env("PERSEVERE_FLUSH_SECONDS", 0.05),
             synchronous=synchronous,
             log_level=os.environ.get("PERSEVERE_LOG_LEVEL", "INFO").upper(),
+            # Results larger than this go to files beside the database.
+            result_file_bytes=int(_float_env("PERSEVERE_RESULT_FILE_BYTES", 64 * 1024)),
         )
 
 

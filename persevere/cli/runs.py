@@ -6,8 +6,10 @@ import json
 
 import click
 
+from .. import clock
 from ..exceptions import RunInterrupted
-from ..statemachine import StateType
+from ..journal import maintenance
+from ..statemachine import FINAL_TYPES, StateType
 from ..worker import reap, refresh, resume
 from .app import cli, journal_of
 from .output import (
@@ -172,3 +174,48 @@ def resume_cmd(ctx: click.Context, run_id: str) -> None:
         interrupted(exc.run_id)
         return
     report(state, run.id)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``15m``, ``90s``, ``2w`` as seconds."""
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise click.BadParameter(
+            f"{text!r}: give a number and a unit, e.g. 30d, 12h, 15m"
+        ) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{text!r} must be greater than zero")
+    return seconds
+
+
+@runs.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    metavar="AGE",
+    help="Remove runs that ended longer ago than this (30d, 12h, 15m, 2w).",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["COMPLETED", "FAILED", "CRASHED", "CANCELLED"], case_sensitive=False),
+    help="Only runs whose state is of this type (repeatable; default: all final).",
+)
+@click.pass_context
+def prune(ctx: click.Context, older_than: str, states: tuple[str, ...]) -> None:
+    """Remove old finished runs, their history, logs and unreferenced results."""
+    cutoff = clock.now_ms() - int(parse_age(older_than) * 1000)
+    chosen = [StateType(s.upper()) for s in states] or list(FINAL_TYPES)
+    report = maintenance.prune(journal_of(ctx), cutoff, chosen)
+    click.echo(
+        f"removed {report.flow_runs} flow runs, {report.task_runs} task runs, "
+        f"{report.results} results ({report.files} files); database "
+        f"{report.bytes_before / 1e6:.2f} MB -> {report.bytes_after / 1e6:.2f} MB"
+    )

@@ -22,6 +22,7 @@ from ..exceptions import RunNotFound
 from ..settings import Settings
 from ..statemachine import Owner, StateType, check_move, path_to_pending
 from .connection import configure, connect
+from .files import ResultFiles
 from .records import (
     CacheEntry,
     FlowRun,
@@ -38,6 +39,7 @@ from .statements import (
     FLOW_COLUMNS,
     INLINE_LIMIT,
     INSERT_RESULT,
+    INSERT_RESULT_FILE,
     INSERT_STATE,
     TASK_COLUMNS,
     await_retry,
@@ -72,6 +74,7 @@ class Journal:
         self._conn = conn
         self.writer = Writer(conn, int(settings.lease_seconds * 1000), settings.flush_seconds)
         self.codec = Codec(path.with_name(path.name + ".key"))
+        self.files = ResultFiles(path.with_name(path.name + ".results"))
 
     # -- reading ------------------------------------------------------------
 
@@ -171,10 +174,13 @@ class Journal:
 
     def result_bytes(self, result_id: str) -> tuple[bytes, str]:
         """The stored bytes of a result and the serializer that wrote them."""
-        rows = self._rows("SELECT serializer, data FROM results WHERE id = ?", (result_id,))
+        rows = self._rows("SELECT serializer, data, path FROM results WHERE id = ?", (result_id,))
         if not rows:
             raise RunNotFound(result_id, f"result {result_id} is missing from the journal")
-        return bytes(rows[0]["data"]), str(rows[0]["serializer"])
+        serializer = str(rows[0]["serializer"])
+        if rows[0]["data"] is None:  # a large result, in the result store
+            return self.files.get(rows[0]["path"], result_id, serializer), serializer
+        return bytes(rows[0]["data"]), serializer
 
     # -- results ------------------------------------------------------------
 
@@ -191,9 +197,14 @@ class Journal:
         if inline and len(data) <= INLINE_LIMIT:
             return StoredResult(serializer, data, None, None)
         result_id = content_id(serializer, data)
-        op = Op(
-            INSERT_RESULT, (result_id, serializer, data, len(data), clock.now_ms()), fence=fence
-        )
+        now = clock.now_ms()
+        if len(data) > self.settings.result_file_bytes:
+            relative = self.files.put(result_id, data)  # before the commit that refers to it
+            op = Op(
+                INSERT_RESULT_FILE, (result_id, serializer, relative, len(data), now), fence=fence
+            )
+        else:
+            op = Op(INSERT_RESULT, (result_id, serializer, data, len(data), now), fence=fence)
         return StoredResult(serializer, None, result_id, op)
 
     def load_stored(self, stored: StoredResult) -> Any:

@@ -57,6 +57,9 @@ _INSERT_THREE_STATES = (
 )
 #: Results up to this size are kept in the task run's row.
 INLINE_LIMIT = 256
+INSERT_RESULT_FILE = (
+    "INSERT OR IGNORE INTO results (id, serializer, path, size, created_ms) VALUES (?, ?, ?, ?, ?)"
+)
 INSERT_RESULT = (
     "INSERT OR IGNORE INTO results (id, serializer, data, size, created_ms) VALUES (?, ?, ?, ?, ?)"
 )
