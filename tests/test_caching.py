@@ -171,7 +171,7 @@ def test_refresh_cache_runs_the_body_and_replaces_the_entry(journal: Journal) ->
     square, calls = counted(cache_policy=INPUTS)
     run_twice(square.with_options(refresh_cache=True), 4)
     assert calls == [4, 4]
-    assert len(journal.cache_entries("square")) == 1
+    assert len(journal.cache.entries("square")) == 1
 
 
 def test_an_unhashable_input_is_not_cached_and_warns(
@@ -194,7 +194,7 @@ def test_an_unhashable_input_is_not_cached_and_warns(
     assert calls == [1, 1]
     err = capsys.readouterr().err
     assert "not cached" in err and "'handle'" in err and "cache_key_fn" in err
-    assert journal.cache_entries() == []
+    assert journal.cache.entries() == []
 
 
 def test_cache_key_fn_decides_the_key(journal: Journal) -> None:
@@ -230,4 +230,4 @@ def test_cache_cli_lists_and_clears(journal: Journal, db: Path) -> None:
     assert cleared.exit_code == 0 and "removed 0" in cleared.output
     cleared = runner.invoke(cli, ["cache", "clear"])
     assert "removed 2" in cleared.output
-    assert journal.cache_entries() == []
+    assert journal.cache.entries() == []

@@ -21,7 +21,7 @@ def cache() -> None:
 @click.pass_context
 def ls(ctx: click.Context, task_key: str | None, as_json: bool) -> None:
     """List cache entries, newest first."""
-    entries = journal_of(ctx).cache_entries(task_key)
+    entries = journal_of(ctx).cache.entries(task_key)
     if as_json:
         click.echo(
             json.dumps(
@@ -58,5 +58,5 @@ def ls(ctx: click.Context, task_key: str | None, as_json: bool) -> None:
 @click.pass_context
 def clear(ctx: click.Context, task_key: str | None) -> None:
     """Remove cache entries (all of them, or one task's)."""
-    removed = journal_of(ctx).clear_cache(task_key)
+    removed = journal_of(ctx).cache.clear(task_key)
     click.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}")

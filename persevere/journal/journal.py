@@ -21,10 +21,10 @@ from .. import clock
 from ..exceptions import RunNotFound
 from ..settings import Settings
 from ..statemachine import Owner, StateType, check_move, path_to_pending
+from .cache import Cache
 from .connection import configure, connect
 from .files import ResultFiles
 from .records import (
-    CacheEntry,
     FlowRun,
     LogLine,
     StoredResult,
@@ -49,6 +49,7 @@ from .statements import (
     rerun_task,
     restart_task,
     start_task,
+    task_run_id,
 )
 from .writer import Op, Writer
 
@@ -75,16 +76,18 @@ class Journal:
         self.writer = Writer(conn, int(settings.lease_seconds * 1000), settings.flush_seconds)
         self.codec = Codec(path.with_name(path.name + ".key"))
         self.files = ResultFiles(path.with_name(path.name + ".results"))
+        self.cache = Cache(self)
 
     # -- reading ------------------------------------------------------------
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of a read (under the writer's lock: never half of a batch)."""
         with self.writer.lock:
             return self._conn.execute(sql, params).fetchall()
 
     def get_flow_run(self, run_id: str) -> FlowRun:
         """The flow run with this exact id."""
-        rows = self._rows(f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id = ?", (run_id,))
+        rows = self.query(f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id = ?", (run_id,))
         if not rows:
             raise RunNotFound(run_id)
         return from_row(FlowRun, rows[0])
@@ -93,7 +96,7 @@ class Journal:
         """The flow run whose id is, or uniquely starts with, ``id_or_prefix``."""
         if not id_or_prefix or any(c not in "0123456789abcdef" for c in id_or_prefix):
             raise RunNotFound(id_or_prefix)
-        rows = self._rows(
+        rows = self.query(
             f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE id >= ? AND id < ? LIMIT 2",
             (id_or_prefix, id_or_prefix + "g"),
         )
@@ -108,12 +111,12 @@ class Journal:
 
     def find_flow_run_by_key(self, run_key: str) -> FlowRun | None:
         """The flow run started with this run key, if any."""
-        rows = self._rows(f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE run_key = ?", (run_key,))
+        rows = self.query(f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE run_key = ?", (run_key,))
         return from_row(FlowRun, rows[0]) if rows else None
 
     def child_flow_run(self, parent_task_run_id: str) -> FlowRun | None:
         """The subflow run started by a parent's task run, if it was started."""
-        rows = self._rows(
+        rows = self.query(
             f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE parent_task_run_id = ?",
             (parent_task_run_id,),
         )
@@ -131,7 +134,7 @@ class Journal:
             where.append("flow_name = ?")
             params.append(flow_name)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._rows(
+        rows = self.query(
             f"SELECT {FLOW_COLUMNS} FROM flow_runs {clause} ORDER BY created_ms DESC, rowid DESC "
             "LIMIT ?",
             [*params, limit],
@@ -140,7 +143,7 @@ class Journal:
 
     def active_flow_runs(self) -> list[FlowRun]:
         """Flow runs that claim to be executing (Pending or Running, with an owner)."""
-        rows = self._rows(
+        rows = self.query(
             f"SELECT {FLOW_COLUMNS} FROM flow_runs "
             "WHERE state_type IN ('PENDING', 'RUNNING') AND owner_pid IS NOT NULL"
         )
@@ -148,7 +151,7 @@ class Journal:
 
     def task_runs(self, flow_run_id: str) -> list[TaskRun]:
         """A flow run's task runs, in call order."""
-        rows = self._rows(  # ids are "<flow run id>.<position>": a range of the key
+        rows = self.query(  # ids are "<flow run id>.<position>": a range of the key
             f"SELECT {TASK_COLUMNS} FROM task_runs WHERE id > ? AND id < ? ORDER BY id",
             (flow_run_id + ".", flow_run_id + "/"),
         )
@@ -156,12 +159,12 @@ class Journal:
 
     def history(self, run_id: str) -> list[Transition]:
         """Every journaled transition of a run, oldest first."""
-        rows = self._rows("SELECT * FROM states WHERE run_id = ? ORDER BY version", (run_id,))
+        rows = self.query("SELECT * FROM states WHERE run_id = ? ORDER BY version", (run_id,))
         return [from_row(Transition, r) for r in rows]
 
     def logs(self, flow_run_id: str, after_id: int = 0) -> list[LogLine]:
         """Log lines of a flow run (and its task runs), oldest first."""
-        rows = self._rows(
+        rows = self.query(
             "SELECT * FROM logs WHERE flow_run_id = ? AND id > ? ORDER BY id",
             (flow_run_id, after_id),
         )
@@ -174,7 +177,7 @@ class Journal:
 
     def result_bytes(self, result_id: str) -> tuple[bytes, str]:
         """The stored bytes of a result and the serializer that wrote them."""
-        rows = self._rows("SELECT serializer, data, path FROM results WHERE id = ?", (result_id,))
+        rows = self.query("SELECT serializer, data, path FROM results WHERE id = ?", (result_id,))
         if not rows:
             raise RunNotFound(result_id, f"result {result_id} is missing from the journal")
         serializer = str(rows[0]["serializer"])
@@ -212,55 +215,6 @@ class Journal:
         if stored.data is not None:
             return self.codec.loads(bytes(stored.data), stored.serializer)
         return self.load_result(stored.result_id) if stored.result_id else None
-
-    # -- the cache ------------------------------------------------------------
-
-    def find_cached(self, key: str, now_ms: int) -> CacheEntry | None:
-        """The cache entry under ``key``, unless there is none or it has expired."""
-        rows = self._rows(
-            "SELECT * FROM cache WHERE key = ? AND (expires_ms IS NULL OR expires_ms > ?)",
-            (key, now_ms),
-        )
-        return from_row(CacheEntry, rows[0]) if rows else None
-
-    def cache_op(
-        self,
-        key: str,
-        task_key: str,
-        task_run_id: str,
-        result: StoredResult,
-        expires_ms: int | None,
-        fence: str,
-    ) -> Op:
-        """The write that caches a task run's result under ``key`` (commit it with the run)."""
-        data = result.data
-        return Op(
-            "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                task_key,
-                task_run_id,
-                result.serializer if data is not None else None,
-                data,
-                result.result_id,
-                clock.now_ms(),
-                expires_ms,
-            ),
-            fence=fence,
-        )
-
-    def cache_entries(self, task_key: str | None = None) -> list[CacheEntry]:
-        """Cache entries, newest first, optionally of one task."""
-        where, params = ("WHERE task_key = ?", (task_key,)) if task_key else ("", ())
-        rows = self._rows(f"SELECT * FROM cache {where} ORDER BY created_ms DESC", params)
-        return [from_row(CacheEntry, r) for r in rows]
-
-    def clear_cache(self, task_key: str | None = None) -> int:
-        """Remove cache entries (all, or one task's); returns how many (durable)."""
-        where, params = ("WHERE task_key = ?", (task_key,)) if task_key else ("", ())
-        count = len(self._rows(f"SELECT key FROM cache {where}", params))
-        self.writer.commit([Op(f"DELETE FROM cache {where}", params)])
-        return count
 
     def load_task_result(self, task: TaskRun) -> Any:
         """The value a completed task run returned."""
@@ -320,6 +274,8 @@ class Journal:
         parent_flow_run_id: str | None,
         parent_task_run_id: str | None,
         owner: Owner | None,
+        message: str = "",
+        also: Sequence[Op] = (),
     ) -> None:
         self.writer.commit(
             [
@@ -343,9 +299,60 @@ class Journal:
                         now,
                     ),
                 ),
-                Op(INSERT_STATE, (run_id, 1, None, "PENDING", "Pending", now, "", None)),
+                Op(INSERT_STATE, (run_id, 1, None, "PENDING", "Pending", now, message, None)),
+                *also,
             ]
         )
+
+    def fork_flow_run(self, source: FlowRun, position: int, owner: Owner, message: str) -> FlowRun:
+        """A new run of the same flow and parameters, with ``source``'s completed task runs
+        before ``position`` copied into it (durable).
+
+        Executing the new run replays the copies and runs the rest: a retry
+        from a chosen task that leaves the source run and its history as they are.
+        """
+        run_id, now = new_id(), clock.now_ms()
+        copies: list[Op] = []
+        for task in self.task_runs(source.id):
+            if task.position >= position or task.state_type is not StateType.COMPLETED:
+                continue
+            start = TaskStart(
+                task_run_id(run_id, task.position),
+                run_id,
+                task.position,
+                task.task_key,
+                task.dynamic_key,
+                task.kind,
+                now,
+                2,
+                (),
+            )
+            stored = StoredResult(
+                task.result_serializer or "json", task.result, task.result_id, None
+            )
+            copies += finish_task(
+                start,
+                StateType.COMPLETED,
+                task.state_name,
+                f"copied from run {source.id}",
+                stored,
+                now,
+                collapse=True,
+            )
+        self._insert_flow_run(
+            run_id,
+            now,
+            source.flow_name,
+            source.entrypoint,
+            source.parameters,
+            None,
+            None,
+            None,
+            owner,
+            message,
+            copies,
+        )
+        return self.get_flow_run(run_id)
 
     def claim_flow_run(
         self, run: FlowRun, owner: Owner, token: str, name: str = "Running"
@@ -539,7 +546,7 @@ class Journal:
 
     def integrity_check(self) -> str:
         """SQLite's own check of the file: ``"ok"`` when sound."""
-        return str(self._rows("PRAGMA integrity_check")[0][0])
+        return str(self.query("PRAGMA integrity_check")[0][0])
 
     def close(self) -> None:
         """Commit what is pending and close the connection."""

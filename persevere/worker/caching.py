@@ -66,7 +66,7 @@ def lookup(ctx: FlowRunContext, task: Any, key: str | None) -> CacheEntry | None
     """A live cache entry for this call, unless there is none or the task refreshes it."""
     if key is None or task.refresh_cache:
         return None
-    return ctx.journal.find_cached(key, clock.now_ms())
+    return ctx.journal.cache.find(key, clock.now_ms())
 
 
 def store_op(
@@ -77,4 +77,6 @@ def store_op(
     expires = (
         None if expiration is None else clock.now_ms() + int(expiration.total_seconds() * 1000)
     )
-    return ctx.journal.cache_op(key, task.task_key, start.id, result, expires, start.flow_run_id)
+    return ctx.journal.cache.put_op(
+        key, task.task_key, start.id, result, expires, start.flow_run_id
+    )
