@@ -10,7 +10,7 @@ from .. import clock
 from ..exceptions import RunInterrupted
 from ..journal import maintenance
 from ..statemachine import FINAL_TYPES, StateType
-from ..worker import reap, refresh, resume
+from ..worker import reap, refresh, resume, retry_from
 from .app import cli, journal_of
 from .output import (
     echo_table,
@@ -170,6 +170,32 @@ def resume_cmd(ctx: click.Context, run_id: str) -> None:
     run = journal.resolve_flow_run(run_id)
     try:
         state, run = resume(journal, run.id)
+    except RunInterrupted as exc:
+        interrupted(exc.run_id)
+        return
+    report(state, run.id)
+
+
+@runs.command("retry")
+@click.argument("run_id")
+@click.option(
+    "--from-task",
+    "from_task",
+    required=True,
+    metavar="TASK",
+    help="The task run to start from: key-N as `runs show` prints it, or key.",
+)
+@click.pass_context
+def retry_cmd(ctx: click.Context, run_id: str, from_task: str) -> None:
+    """Run a finished run again as a new run, from a chosen task on.
+
+    The task runs before it completed are copied into the new run and
+    replayed; that task and everything after it run again. The old run and
+    its history are left as they are.
+    """
+    journal = journal_of(ctx)
+    try:
+        state, run = retry_from(journal, run_id, from_task)
     except RunInterrupted as exc:
         interrupted(exc.run_id)
         return

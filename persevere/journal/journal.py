@@ -9,6 +9,7 @@ flusher within ``flush_seconds``); the docstrings say which.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import sqlite3
 import sys
@@ -330,7 +331,7 @@ class Journal:
             stored = StoredResult(
                 task.result_serializer or "json", task.result, task.result_id, None
             )
-            copies += finish_task(
+            ops = finish_task(
                 start,
                 StateType.COMPLETED,
                 task.state_name,
@@ -339,6 +340,8 @@ class Journal:
                 now,
                 collapse=True,
             )
+            # Written with the new run, before anyone holds its lease: no fence.
+            copies += [dataclasses.replace(op, fence=None) for op in ops]
         self._insert_flow_run(
             run_id,
             now,

@@ -29,8 +29,6 @@ from .logs import capture_prints, get_run_logger
 from .owners import this_process
 from .task_runs import check_recorded, describe, load_recorded, retry_time, sleep_until
 
-RESUMABLE = (StateType.CRASHED, StateType.FAILED, StateType.CANCELLED)
-
 
 def deliver(state: State, return_state: bool) -> Any:
     """What a call returns: the State if asked for, else the value (or the raise)."""
@@ -135,7 +133,7 @@ def execute(
         run = _prepare(journal, run)
         name = "Retrying" if retrying else "Running"
         run = journal.claim_flow_run(run, this_process(), new_id(), name)
-        recorded = {t.position: t for t in journal.task_runs(run.id)} if run.run_count > 1 else {}
+        recorded = {t.position: t for t in journal.task_runs(run.id)}
         ctx = FlowRunContext(journal, run, flow, recorded, log_prints=flow.log_prints)
         if flow.log_prints:
             capture_prints()
@@ -244,34 +242,3 @@ def _run_subflow(parent: FlowRunContext, flow: Any, params: dict[str, Any]) -> S
         result = StoredResult(flow.result_serializer, None, child.result_id, None)
     journal.finish_task_run(call, state.type, state.name, state.message, result)
     return state
-
-
-def resume(journal: Journal, run_id: str) -> tuple[State, FlowRun]:
-    """Execute a Crashed, Failed or Cancelled run again from its entrypoint.
-
-    Completed task runs are replayed from the journal; the rest run.
-    """
-    run = recovery.refresh(journal, journal.resolve_flow_run(run_id))
-    if run.parent_flow_run_id is not None:
-        raise RunNotResumable(
-            run.id,
-            run.state_name,
-            f"run {run.id} is a subflow of run {run.parent_flow_run_id}; resume that run",
-        )
-    if run.state_type not in RESUMABLE and run.state_name != "AwaitingRetry":
-        raise RunNotResumable(run.id, run.state_name)
-    if not run.entrypoint:
-        raise RunNotResumable(
-            run.id,
-            run.state_name,
-            f"run {run.id} has no entrypoint (its flow was defined interactively)",
-        )
-    flow = entrypoints.load(run.entrypoint)
-    if flow.name != run.flow_name:
-        raise RunNotResumable(
-            run.id,
-            run.state_name,
-            f"{run.entrypoint} is now flow {flow.name!r}, but run {run.id} is of flow "
-            f"{run.flow_name!r}",
-        )
-    return execute(journal, flow, run, parameters.decode(journal, run.parameters))
