@@ -5,7 +5,10 @@ runs show``) and loading it cannot run code. Plain JSON would hand back a list
 for a tuple and a string for a datetime, so a replayed task would return
 something else than it did the first time; values JSON lacks are therefore
 written as tagged objects ``{"__persevere__": tag, "v": ...}`` and rebuilt
-exactly.
+exactly: tuples, sets, bytes, dates and times, UUIDs, Decimals, paths, enums,
+dataclasses and pydantic models. A class is named by module and qualified
+name and looked up only among modules already imported: loading never
+imports a module a database names.
 
 Pickle is opt-in (``result_serializer="pickle"``) and every pickled payload is
 prefixed with an HMAC-SHA256 of it under a key kept beside the database
@@ -17,14 +20,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import decimal
+import enum
 import hashlib
 import hmac
 import json
 import os
 import pathlib
 import pickle
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +77,55 @@ def _encode(value: Any) -> Any:
         return _tagged(type(value).__name__, str(value))
     if isinstance(value, pathlib.PurePath):
         return _tagged("path", str(value))
+    if isinstance(value, enum.Enum):
+        return _tagged("enum", [_class_name(value), _walk(value.value)])
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _walk(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return _tagged("dataclass", [_class_name(value), fields])
+    dump = getattr(value, "model_dump", None)  # a pydantic model
+    if callable(dump):
+        return _tagged("model", [_class_name(value), _walk(dump(mode="python"))])
     raise TypeError(type(value).__qualname__)
+
+
+def _class_name(value: Any) -> str:
+    cls = type(value)
+    if "<locals>" in cls.__qualname__:
+        raise TypeError(f"{cls.__qualname__} is defined inside a function")
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _class(name: str) -> Any:
+    """The class a stored value names, from a module already imported.
+
+    Loading a JSON result never imports a module: a database could name any
+    importable module, and importing runs its code. The flow's own modules
+    are imported when its run is replayed, so their classes are found.
+    """
+    module_name, _, qualname = name.partition(":")
+    module = sys.modules.get(module_name)
+    if module is None:
+        raise SerializationError(
+            f"a stored value is a {name}, but module {module_name!r} is not imported; "
+            "import it before loading the value"
+        )
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, type):
+        raise SerializationError(f"a stored value is a {name}, which no longer exists")
+    return obj
+
+
+def _dataclass(value: list[Any]) -> Any:
+    cls = _class(value[0])
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    init = {k: v for k, v in value[1].items() if k in fields and fields[k].init}
+    instance = cls(**init)
+    for name, item in value[1].items():
+        if name in fields and not fields[name].init:
+            object.__setattr__(instance, name, item)
+    return instance
 
 
 def _walk(value: Any) -> Any:
@@ -104,6 +158,9 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "PurePosixPath": pathlib.PurePosixPath,
     "PureWindowsPath": pathlib.PureWindowsPath,
     "dict": lambda pairs: {_freeze(k): v for k, v in pairs},
+    "enum": lambda v: _class(v[0])(v[1]),
+    "dataclass": lambda v: _dataclass(v),
+    "model": lambda v: _class(v[0]).model_validate(v[1]),
 }
 
 
@@ -214,7 +271,11 @@ class Codec:
                 ) from None
         if serializer == "pickle":
             try:
-                payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                import cloudpickle  # deferred: only pickled results need it
+
+                # cloudpickle also pickles lambdas, closures and classes made in
+                # a function; pickle.loads reads what it writes.
+                payload: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(
                     f"{what} (of type {type(value).__qualname__}) cannot be pickled ({exc})"
