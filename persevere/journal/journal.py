@@ -423,10 +423,8 @@ class Journal:
             sets,
             fence=run.id,
         )
-        try:
-            self.writer.commit(ops)
-        finally:
-            self.writer.release(run.id)
+        self.writer.commit(ops)  # a lost compare-and-set keeps the lease: the caller may retry
+        self.writer.release(run.id)
         return self.get_flow_run(run.id)
 
     def reschedule_flow_run(self, run: FlowRun, message: str) -> FlowRun:

@@ -56,15 +56,17 @@ def _encode(value: Any) -> Any:
         return _tagged("set", [_walk(v) for v in value])
     if isinstance(value, bytes):
         return _tagged("bytes", base64.b64encode(value).decode("ascii"))
-    if isinstance(value, dt.datetime):
+    if isinstance(value, (dt.datetime, dt.time)):
+        tag = "datetime" if isinstance(value, dt.datetime) else "time"
         zone = getattr(value.tzinfo, "key", None)  # a zoneinfo.ZoneInfo keeps its name
         if isinstance(zone, str):
-            return _tagged("datetime", [value.isoformat(), zone])
-        return _tagged("datetime", value.isoformat())
+            # The wall time, the zone's name and the fold, not an offset: this
+            # rebuilds the same value, even in a DST gap or at the end of the range.
+            naive = value.replace(tzinfo=None).isoformat()
+            return _tagged(tag, [naive, zone, value.fold])
+        return _tagged(tag, value.isoformat())
     if isinstance(value, dt.date):
         return _tagged("date", value.isoformat())
-    if isinstance(value, dt.time):
-        return _tagged("time", value.isoformat())
     if isinstance(value, dt.timedelta):
         return _tagged("timedelta", [value.days, value.seconds, value.microseconds])
     if isinstance(value, uuid.UUID):
@@ -148,9 +150,9 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "set": set,
     "frozenset": frozenset,
     "bytes": lambda v: base64.b64decode(v),
-    "datetime": lambda v: _datetime(v),
+    "datetime": lambda v: _zoned(dt.datetime, v),
     "date": dt.date.fromisoformat,
-    "time": dt.time.fromisoformat,
+    "time": lambda v: _zoned(dt.time, v),
     "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
     "uuid": uuid.UUID,
     "decimal": decimal.Decimal,
@@ -164,13 +166,13 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _datetime(value: str | list[str]) -> dt.datetime:
+def _zoned(kind: Any, value: str | list[Any]) -> Any:
     if isinstance(value, str):
-        return dt.datetime.fromisoformat(value)
-    import zoneinfo  # deferred: only zoned datetimes need it
+        return kind.fromisoformat(value)
+    import zoneinfo  # deferred: only zoned values need it
 
-    text, zone = value
-    return dt.datetime.fromisoformat(text).astimezone(zoneinfo.ZoneInfo(zone))
+    text, zone, fold = value
+    return kind.fromisoformat(text).replace(tzinfo=zoneinfo.ZoneInfo(zone), fold=fold)
 
 
 def _freeze(key: Any) -> Any:
@@ -227,7 +229,7 @@ def load_key(key_path: Path) -> bytes:
         return _read_key(key_path)
     except FileNotFoundError:
         pass
-    temporary = key_path.with_name(f"{key_path.name}.{os.getpid()}.tmp")
+    temporary = key_path.with_name(f"{key_path.name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
