@@ -27,6 +27,7 @@ class FlowRunContext:
     log_prints: bool = False
     next_position: int = 0
     dynamic_keys: dict[str, int] = field(default_factory=dict)
+    owed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     replayed: int = 0
     executed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)

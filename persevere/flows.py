@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from .callables import adopt
+from .callables import Hook, adopt
 from .statemachine import State
 from .statemachine.retries import DelaySpec
 from .worker import run_flow
@@ -33,6 +33,11 @@ class Flow(Generic[P, R]):
     retry_delay_seconds: DelaySpec = 0
     retry_jitter_factor: float | None = None
     retry_condition_fn: Callable[[Any, Any, State], bool] | None = None
+    on_running: Sequence[Hook] = ()
+    on_completion: Sequence[Hook] = ()
+    on_failure: Sequence[Hook] = ()
+    on_crashed: Sequence[Hook] = ()
+    on_cancellation: Sequence[Hook] = ()
 
     __persevere_flow__ = True
 
@@ -62,6 +67,11 @@ def flow(
     retry_delay_seconds: DelaySpec = 0,
     retry_jitter_factor: float | None = None,
     retry_condition_fn: Callable[[Any, Any, State], bool] | None = None,
+    on_running: Sequence[Hook] = (),
+    on_completion: Sequence[Hook] = (),
+    on_failure: Sequence[Hook] = (),
+    on_crashed: Sequence[Hook] = (),
+    on_cancellation: Sequence[Hook] = (),
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -78,6 +88,11 @@ def flow(
     retry_delay_seconds: DelaySpec = 0,
     retry_jitter_factor: float | None = None,
     retry_condition_fn: Callable[[Any, Any, State], bool] | None = None,
+    on_running: Sequence[Hook] = (),
+    on_completion: Sequence[Hook] = (),
+    on_failure: Sequence[Hook] = (),
+    on_crashed: Sequence[Hook] = (),
+    on_cancellation: Sequence[Hook] = (),
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow: each call is a durable flow run.
 
@@ -91,6 +106,10 @@ def flow(
         retries, retry_delay_seconds, retry_jitter_factor, retry_condition_fn:
             as on ``@task``. A retried flow run replays its completed task
             runs and runs again from the one that failed.
+        on_running, on_completion, on_failure, on_crashed, on_cancellation:
+            functions ``(flow, flow_run, state)`` run once per transition into
+            that state, even across a resume. ``on_crashed`` runs when the
+            crash is found by the process that resumes the run.
     """
 
     def decorate(f: Callable[P, R]) -> Flow[P, R]:
@@ -105,6 +124,11 @@ def flow(
             retry_delay_seconds,
             retry_jitter_factor,
             retry_condition_fn,
+            on_running=on_running,
+            on_completion=on_completion,
+            on_failure=on_failure,
+            on_crashed=on_crashed,
+            on_cancellation=on_cancellation,
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from .callables import adopt
+from .callables import Hook, adopt
 from .statemachine import State
 from .statemachine.caching import NO_CACHE, CachePolicy
 from .statemachine.retries import DelaySpec
@@ -38,6 +38,11 @@ class Task(Generic[P, R]):
     cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None
     cache_expiration: datetime.timedelta | None = None
     refresh_cache: bool = False
+    on_running: Sequence[Hook] = ()
+    on_completion: Sequence[Hook] = ()
+    on_failure: Sequence[Hook] = ()
+    on_crashed: Sequence[Hook] = ()
+    on_cancellation: Sequence[Hook] = ()
 
     def __post_init__(self) -> None:
         adopt(self)
@@ -72,6 +77,11 @@ def task(
     cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None,
     cache_expiration: datetime.timedelta | None = None,
     refresh_cache: bool = False,
+    on_running: Sequence[Hook] = (),
+    on_completion: Sequence[Hook] = (),
+    on_failure: Sequence[Hook] = (),
+    on_crashed: Sequence[Hook] = (),
+    on_cancellation: Sequence[Hook] = (),
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -90,6 +100,11 @@ def task(
     cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None,
     cache_expiration: datetime.timedelta | None = None,
     refresh_cache: bool = False,
+    on_running: Sequence[Hook] = (),
+    on_completion: Sequence[Hook] = (),
+    on_failure: Sequence[Hook] = (),
+    on_crashed: Sequence[Hook] = (),
+    on_cancellation: Sequence[Hook] = (),
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task: each call inside a flow is a journaled task run.
 
@@ -119,6 +134,10 @@ def task(
             yourself (None: do not cache this call).
         cache_expiration: how long an entry is good for (default: forever).
         refresh_cache: run the body even on a hit, and replace the entry.
+        on_running, on_completion, on_failure, on_crashed, on_cancellation:
+            functions ``(task, task_run, state)`` run once per transition into
+            that state, even across a resume; one that raises is logged and
+            never changes the run's state.
     """
 
     def decorate(f: Callable[P, R]) -> Task[P, R]:
@@ -135,6 +154,11 @@ def task(
             cache_key_fn,
             cache_expiration,
             refresh_cache,
+            on_running=on_running,
+            on_completion=on_completion,
+            on_failure=on_failure,
+            on_crashed=on_crashed,
+            on_cancellation=on_cancellation,
         )
 
     return decorate(fn) if fn is not None else decorate

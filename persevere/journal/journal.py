@@ -25,6 +25,7 @@ from ..statemachine import Owner, StateType, check_move, path_to_pending
 from .cache import Cache
 from .connection import configure, connect
 from .files import ResultFiles
+from .hooks import HooksDue
 from .records import (
     FlowRun,
     LogLine,
@@ -78,6 +79,7 @@ class Journal:
         self.codec = Codec(path.with_name(path.name + ".key"))
         self.files = ResultFiles(path.with_name(path.name + ".results"))
         self.cache = Cache(self)
+        self.hooks = HooksDue(self)
 
     # -- reading ------------------------------------------------------------
 
@@ -396,6 +398,7 @@ class Journal:
         message: str = "",
         result: StoredResult | None = None,
         extra: dict[str, Any] | None = None,
+        also: Sequence[Op] = (),
     ) -> FlowRun:
         """Journal the state this execution of a run ends in, and give up its lease (durable).
 
@@ -423,7 +426,7 @@ class Journal:
             sets,
             fence=run.id,
         )
-        self.writer.commit(ops)  # a lost compare-and-set keeps the lease: the caller may retry
+        self.writer.commit([*ops, *also])  # a lost compare-and-set keeps the lease
         self.writer.release(run.id)
         return self.get_flow_run(run.id)
 
@@ -470,6 +473,8 @@ class Journal:
                     now,
                     {"ended_ms": now},
                 )
+                ops.append(HooksDue.due_op(task.id, task.version + 1, "on_crashed"))
+        ops.append(HooksDue.due_op(run.id, run.version + 1, "on_crashed"))
         self.writer.commit(ops)
         return self.get_flow_run(run.id)
 

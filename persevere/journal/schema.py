@@ -80,6 +80,14 @@ def _v1(db: Any) -> None:
             ts_ms INTEGER NOT NULL, message TEXT NOT NULL DEFAULT '', details TEXT,
             PRIMARY KEY (run_id, version)) WITHOUT ROWID"""
     )
+    # State hooks owed by a transition, until they have run (an outbox).
+    db.execute(
+        """CREATE TABLE hooks_due (
+            run_id TEXT NOT NULL, version INTEGER NOT NULL, event TEXT NOT NULL,
+            due_ms INTEGER NOT NULL, done_ms INTEGER, error TEXT,
+            PRIMARY KEY (run_id, version, event)
+        ) WITHOUT ROWID"""
+    )
     # Cross-run cache entries: a cache key and the result stored for it.
     db.execute(
         """CREATE TABLE cache (

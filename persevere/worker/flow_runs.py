@@ -24,7 +24,7 @@ from ..exceptions import (
 )
 from ..journal import FlowRun, Journal, StoredResult, new_id, open_journal
 from ..statemachine import State, StateType
-from . import entrypoints, parameters, recovery
+from . import entrypoints, hooks, parameters, recovery
 from .logs import capture_prints, get_run_logger
 from .owners import this_process
 from .task_runs import check_recorded, describe, load_recorded, retry_time, sleep_until
@@ -135,6 +135,7 @@ def execute(
         run = journal.claim_flow_run(run, this_process(), new_id(), name)
         recorded = {t.position: t for t in journal.task_runs(run.id)}
         ctx = FlowRunContext(journal, run, flow, recorded, log_prints=flow.log_prints)
+        ctx.owed = journal.hooks.owed(run.id)
         if flow.log_prints:
             capture_prints()
         token = flow_run_context.set(ctx)
@@ -143,6 +144,7 @@ def execute(
             what = "resumed" if run.run_count > 1 else "started"
             on_record = f": {len(recorded)} task runs on record" if recorded else ""
             logger.info(f"Flow run {flow.name!r} {what}{on_record}")
+            _run_hooks_at_start(ctx, flow)
             state = _call(ctx, flow, params)
             summary = f"{ctx.executed} task runs executed"
             if ctx.replayed:
@@ -163,6 +165,45 @@ def execute(
         run = ctx.run
 
 
+def _run_hooks_at_start(ctx: FlowRunContext, flow: Any) -> None:
+    """Hooks the run still owes from before (its crash, say), then its on_running hooks."""
+    journal, run = ctx.journal, ctx.run
+    for version, event in ctx.owed.pop(run.id, []):
+        was = next((t for t in journal.history(run.id) if t.version == version), None)
+        state = State(
+            was.to_type if was else StateType.CRASHED,
+            was.name if was else "Crashed",
+            was.message if was else "",
+            0,
+            run.id,
+        )
+        hooks.run_hooks(journal, flow, run, state, run.id, version, event)
+    if flow.on_running:
+        journal.flush(hooks.due(flow, run.id, run.version, StateType.RUNNING, run.id))
+        state = State(StateType.RUNNING, run.state_name, "", 0, run.id)
+        hooks.run_hooks(journal, flow, run, state, run.id, run.version, "on_running")
+
+
+def _end(
+    ctx: FlowRunContext,
+    flow: Any,
+    target: StateType,
+    name: str,
+    message: str = "",
+    value: Any = None,
+    **options: Any,
+) -> State:
+    """Journal how this execution of the run ended, with the hooks that owes; run them."""
+    journal, run = ctx.journal, ctx.run
+    version = run.version + 1
+    owed = hooks.due(flow, run.id, version, target, run.id)
+    ctx.run = journal.finish_flow_run(run, target, name, message, also=owed, **options)
+    state = State(target, name, message, ctx.run.ended_ms or 0, run.id, value)
+    if owed:
+        hooks.run_hooks(journal, flow, ctx.run, state, run.id, version, hooks.event_of(target))
+    return state
+
+
 def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | None:
     """Call the flow function; journal how this execution ended. None: it will be retried."""
     journal, run = ctx.journal, ctx.run
@@ -180,11 +221,9 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
                 run, StateType.SCHEDULED, "AwaitingRetry", describe(exc), extra=extra
             )
             return None
-        ctx.run = journal.finish_flow_run(run, StateType.FAILED, "Failed", describe(exc))
-        return State(StateType.FAILED, "Failed", describe(exc), 0, run.id, exc)
+        return _end(ctx, flow, StateType.FAILED, "Failed", describe(exc), exc)
     except BaseException as exc:
-        message = f"interrupted by {type(exc).__name__}"
-        ctx.run = journal.finish_flow_run(run, StateType.CRASHED, "Crashed", message)
+        _end(ctx, flow, StateType.CRASHED, "Crashed", f"interrupted by {type(exc).__name__}", exc)
         if isinstance(exc, KeyboardInterrupt):
             raise RunInterrupted(run.id) from exc  # each level names its own run
         raise
@@ -193,10 +232,8 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
             value, flow.result_serializer, f"result of flow {flow.name!r}", run.id, inline=False
         )
     except SerializationError as exc:
-        ctx.run = journal.finish_flow_run(run, StateType.FAILED, "Failed", str(exc))
-        return State(StateType.FAILED, "Failed", str(exc), 0, run.id, exc)
-    ctx.run = journal.finish_flow_run(run, StateType.COMPLETED, "Completed", result=result)
-    return State(StateType.COMPLETED, "Completed", "", ctx.run.ended_ms or 0, run.id, value)
+        return _end(ctx, flow, StateType.FAILED, "Failed", str(exc), exc)
+    return _end(ctx, flow, StateType.COMPLETED, "Completed", "", value, result=result)
 
 
 def _run_subflow(parent: FlowRunContext, flow: Any, params: dict[str, Any]) -> State:

@@ -17,10 +17,10 @@ from typing import Any
 from .. import clock
 from ..context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
 from ..exceptions import Abort, NonDeterminismError, SerializationError
-from ..journal import Journal, TaskRun, TaskStart
+from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart
 from ..statemachine import State, StateType
 from ..statemachine.retries import next_attempt_ms
-from . import caching
+from . import caching, hooks
 from .logs import get_run_logger
 
 
@@ -63,6 +63,12 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
         start = journal.start_task_run(flow_run_id, position, key, dynamic_key, "task")
     else:
         check_recorded(ctx, position, recorded, key, "task")
+        owed = ctx.owed.get(recorded.id)
+        if owed:  # hooks an earlier execution owed for this task run
+            was = State(
+                recorded.state_type, recorded.state_name, recorded.state_message, 0, recorded.id
+            )
+            hooks.run_owed(journal, task, recorded, was, owed)
         if recorded.state_type is StateType.COMPLETED:
             ctx.replayed += 1
             state = load_recorded(journal, recorded)
@@ -73,12 +79,14 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
     cache_key = caching.key_for(task, ctx, start, args, kwargs)
     hit = caching.lookup(ctx, task, cache_key)
     if hit is not None:
-        journal.finish_task_run(start, StateType.COMPLETED, "Cached", result=hit.stored)
         value = journal.load_stored(hit.stored)
-        if return_state:
-            return State(StateType.COMPLETED, "Cached", "", 0, start.id, value)
-        return value
+        state = _finish(
+            journal, task, start, StateType.COMPLETED, "Cached", "", hit.stored, value=value
+        )
+        return state if return_state else value
     while True:
+        if task.on_running:
+            _running(journal, task, start)
         token = task_run_context.set(
             TaskRunContext(flow_run_id, start.id, key, dynamic_key, start.attempt)
         )
@@ -87,9 +95,11 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
         except Exception as exc:
             wake = retry_time(task, start.retries_used, exc, start)
             if wake is None:
-                journal.finish_task_run(start, StateType.FAILED, "Failed", describe(exc))
+                state = _finish(
+                    journal, task, start, StateType.FAILED, "Failed", describe(exc), value=exc
+                )
                 if return_state:
-                    return State(StateType.FAILED, "Failed", describe(exc), 0, start.id, exc)
+                    return state
                 raise
             start = journal.await_retry(start, wake, describe(exc))
             _log_retry(task, start, exc, wake)
@@ -98,7 +108,7 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
             continue
         except BaseException as exc:
             message = f"interrupted by {type(exc).__name__}"
-            journal.finish_task_run(start, StateType.CRASHED, "Crashed", message)
+            _finish(journal, task, start, StateType.CRASHED, "Crashed", message, value=exc)
             raise
         finally:
             task_run_context.reset(token)
@@ -119,14 +129,40 @@ def _complete(
             value, task.result_serializer, f"result of task {task.name!r}", start.flow_run_id
         )
     except SerializationError as exc:
-        journal.finish_task_run(start, StateType.FAILED, "Failed", str(exc))
+        _finish(journal, task, start, StateType.FAILED, "Failed", str(exc), value=exc)
         raise
     also = [caching.store_op(ctx, task, cache_key, start, result)] if cache_key else []
-    journal.finish_task_run(start, StateType.COMPLETED, "Completed", result=result, also=also)
+    state = _finish(journal, task, start, StateType.COMPLETED, "Completed", "", result, also, value)
     ctx.executed += 1
-    if return_state:
-        return State(StateType.COMPLETED, "Completed", "", 0, start.id, value)
-    return value
+    return state if return_state else value
+
+
+def _finish(
+    journal: Journal,
+    task: Any,
+    start: TaskStart,
+    target: StateType,
+    name: str,
+    message: str = "",
+    result: StoredResult | None = None,
+    also: list[Op] | None = None,
+    value: Any = None,
+) -> State:
+    """Journal how a task run ended (with the hooks that owes) and run those hooks."""
+    version = start.version + 1
+    owed = hooks.due(task, start.id, version, target, start.flow_run_id)
+    journal.finish_task_run(start, target, name, message, result, [*(also or ()), *owed])
+    state = State(target, name, message, 0, start.id, value)
+    if owed:
+        hooks.run_hooks(journal, task, start, state, start.id, version, hooks.event_of(target))
+    return state
+
+
+def _running(journal: Journal, task: Any, start: TaskStart) -> None:
+    """Run a task's on_running hooks for this attempt (recorded first)."""
+    journal.flush(hooks.due(task, start.id, start.version, StateType.RUNNING, start.flow_run_id))
+    state = State(StateType.RUNNING, "Running", "", 0, start.id)
+    hooks.run_hooks(journal, task, start, state, start.id, start.version, "on_running")
 
 
 def retry_time(owner: Any, retries_used: int, exc: Exception, run: Any) -> int | None:
