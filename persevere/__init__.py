@@ -21,6 +21,7 @@ from .exceptions import (
     RunKeyConflict,
     RunNotFound,
     RunNotResumable,
+    RunTimeout,
     SchemaTooNew,
     SerializationError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "RunKeyConflict",
     "RunNotFound",
     "RunNotResumable",
+    "RunTimeout",
     "SchemaTooNew",
     "SerializationError",
     "State",

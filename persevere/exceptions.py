@@ -127,6 +127,14 @@ class ParameterError(PersevereError, TypeError):
     """A flow parameter that is missing, unknown or of the wrong type."""
 
 
+class RunTimeout(PersevereError, TimeoutError):
+    """A task or flow ran past its ``timeout_seconds``; it ends TimedOut."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"{what} timed out after {seconds:g} s")
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a flow run; it was journaled Crashed and can be resumed.
 

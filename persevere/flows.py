@@ -38,6 +38,7 @@ class Flow(Generic[P, R]):
     on_failure: Sequence[Hook] = ()
     on_crashed: Sequence[Hook] = ()
     on_cancellation: Sequence[Hook] = ()
+    timeout_seconds: float | None = None
 
     __persevere_flow__ = True
 
@@ -72,6 +73,7 @@ def flow(
     on_failure: Sequence[Hook] = (),
     on_crashed: Sequence[Hook] = (),
     on_cancellation: Sequence[Hook] = (),
+    timeout_seconds: float | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -93,6 +95,7 @@ def flow(
     on_failure: Sequence[Hook] = (),
     on_crashed: Sequence[Hook] = (),
     on_cancellation: Sequence[Hook] = (),
+    timeout_seconds: float | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow: each call is a durable flow run.
 
@@ -110,6 +113,8 @@ def flow(
             functions ``(flow, flow_run, state)`` run once per transition into
             that state, even across a resume. ``on_crashed`` runs when the
             crash is found by the process that resumes the run.
+        timeout_seconds: end the run TimedOut at this deadline (by an
+            interrupt, as ``@task(timeout_mode="interrupt")``).
     """
 
     def decorate(f: Callable[P, R]) -> Flow[P, R]:
@@ -129,6 +134,7 @@ def flow(
             on_failure=on_failure,
             on_crashed=on_crashed,
             on_cancellation=on_cancellation,
+            timeout_seconds=timeout_seconds,
         )
 
     return decorate(fn) if fn is not None else decorate

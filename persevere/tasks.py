@@ -43,9 +43,13 @@ class Task(Generic[P, R]):
     on_failure: Sequence[Hook] = ()
     on_crashed: Sequence[Hook] = ()
     on_cancellation: Sequence[Hook] = ()
+    timeout_seconds: float | None = None
+    timeout_mode: str = "interrupt"
 
     def __post_init__(self) -> None:
         adopt(self)
+        if self.timeout_mode not in ("interrupt", "process"):
+            raise ValueError(f"timeout_mode={self.timeout_mode!r}; use 'interrupt' or 'process'")
 
     @property
     def task_key(self) -> str:
@@ -82,6 +86,8 @@ def task(
     on_failure: Sequence[Hook] = (),
     on_crashed: Sequence[Hook] = (),
     on_cancellation: Sequence[Hook] = (),
+    timeout_seconds: float | None = None,
+    timeout_mode: str = "interrupt",
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -105,6 +111,8 @@ def task(
     on_failure: Sequence[Hook] = (),
     on_crashed: Sequence[Hook] = (),
     on_cancellation: Sequence[Hook] = (),
+    timeout_seconds: float | None = None,
+    timeout_mode: str = "interrupt",
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task: each call inside a flow is a journaled task run.
 
@@ -138,6 +146,13 @@ def task(
             functions ``(task, task_run, state)`` run once per transition into
             that state, even across a resume; one that raises is logged and
             never changes the run's state.
+        timeout_seconds: end the call TimedOut (type FAILED) at this deadline;
+            a timed-out attempt is retried like a failed one.
+        timeout_mode: ``"interrupt"`` (default) raises ``TimeoutError`` inside
+            the body (in the main thread; elsewhere the body is left running
+            in its thread); ``"process"`` runs the body in a child process
+            that is killed with its process group at the deadline (its result
+            must be picklable; Unix only).
     """
 
     def decorate(f: Callable[P, R]) -> Task[P, R]:
@@ -159,6 +174,8 @@ def task(
             on_failure=on_failure,
             on_crashed=on_crashed,
             on_cancellation=on_cancellation,
+            timeout_seconds=timeout_seconds,
+            timeout_mode=timeout_mode,
         )
 
     return decorate(fn) if fn is not None else decorate

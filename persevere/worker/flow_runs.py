@@ -20,6 +20,7 @@ from ..exceptions import (
     RunInterrupted,
     RunKeyConflict,
     RunNotResumable,
+    RunTimeout,
     SerializationError,
 )
 from ..journal import FlowRun, Journal, StoredResult, new_id, open_journal
@@ -28,6 +29,7 @@ from . import entrypoints, hooks, parameters, recovery
 from .logs import capture_prints, get_run_logger
 from .owners import this_process
 from .task_runs import check_recorded, describe, load_recorded, retry_time, sleep_until
+from .timeouts import call_with_timeout
 
 
 def deliver(state: State, return_state: bool) -> Any:
@@ -210,7 +212,13 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
     signature = inspect.signature(flow.fn)
     bound = inspect.BoundArguments(signature, params)  # type: ignore[arg-type,unused-ignore]
     try:
-        value = flow.fn(*bound.args, **bound.kwargs)
+        if flow.timeout_seconds is None:
+            value = flow.fn(*bound.args, **bound.kwargs)
+        else:
+            timeout = RunTimeout(f"flow {flow.name!r}", flow.timeout_seconds)
+            value = call_with_timeout(
+                flow.fn, bound.args, bound.kwargs, flow.timeout_seconds, "interrupt", timeout
+            )
     except LeaseLost:
         raise  # the run is somebody else's now: record nothing
     except Exception as exc:
@@ -221,7 +229,8 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
                 run, StateType.SCHEDULED, "AwaitingRetry", describe(exc), extra=extra
             )
             return None
-        return _end(ctx, flow, StateType.FAILED, "Failed", describe(exc), exc)
+        name = "TimedOut" if isinstance(exc, RunTimeout) else "Failed"
+        return _end(ctx, flow, StateType.FAILED, name, describe(exc), exc)
     except BaseException as exc:
         _end(ctx, flow, StateType.CRASHED, "Crashed", f"interrupted by {type(exc).__name__}", exc)
         if isinstance(exc, KeyboardInterrupt):

@@ -16,12 +16,13 @@ from typing import Any
 
 from .. import clock
 from ..context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
-from ..exceptions import Abort, NonDeterminismError, SerializationError
+from ..exceptions import Abort, NonDeterminismError, RunTimeout, SerializationError
 from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart
 from ..statemachine import State, StateType
 from ..statemachine.retries import next_attempt_ms
 from . import caching, hooks
 from .logs import get_run_logger
+from .timeouts import call_with_timeout
 
 
 def describe(exc: BaseException) -> str:
@@ -91,12 +92,19 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
             TaskRunContext(flow_run_id, start.id, key, dynamic_key, start.attempt)
         )
         try:
-            value = task.fn(*args, **kwargs)
+            if task.timeout_seconds is None:
+                value = task.fn(*args, **kwargs)
+            else:
+                timeout = RunTimeout(f"task {task.name!r}", task.timeout_seconds)
+                value = call_with_timeout(
+                    task.fn, args, kwargs, task.timeout_seconds, task.timeout_mode, timeout
+                )
         except Exception as exc:
             wake = retry_time(task, start.retries_used, exc, start)
             if wake is None:
+                name = "TimedOut" if isinstance(exc, RunTimeout) else "Failed"
                 state = _finish(
-                    journal, task, start, StateType.FAILED, "Failed", describe(exc), value=exc
+                    journal, task, start, StateType.FAILED, name, describe(exc), value=exc
                 )
                 if return_state:
                     return state
