@@ -26,7 +26,7 @@ from .exceptions import (
     SerializationError,
 )
 from .flows import Flow, flow
-from .statemachine import State, StateType
+from .statemachine import State, StateType, allow_failure
 from .statemachine.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from .statemachine.retries import exponential_backoff
 from .tasks import Task, task
@@ -58,6 +58,7 @@ __all__ = [
     "StateType",
     "Task",
     "__version__",
+    "allow_failure",
     "exponential_backoff",
     "flow",
     "get_run_context",

@@ -324,3 +324,52 @@ def test_a_stolen_lease_stops_the_run_without_writing(journal: Journal, db: Path
 
 def test_tasks_in_a_flow_file_module_are_importable() -> None:
     assert (FLOWS / "resumable.py").exists()
+
+
+def test_allow_failure_lets_a_task_run_after_a_failed_one(journal: Journal) -> None:
+    from persevere import allow_failure
+
+    received: list[object] = []
+
+    @task
+    def produce(fail: bool) -> int:
+        if fail:
+            raise ValueError("upstream broke")
+        return 5
+
+    @task
+    def consume(value: object) -> str:
+        received.append(value)
+        return type(value).__name__
+
+    @flow
+    def tolerant() -> list[str]:
+        ok = produce(False, return_state=True)
+        bad = produce(True, return_state=True)
+        return [consume(ok), consume(allow_failure(bad)), consume(allow_failure(7))]
+
+    assert tolerant() == ["int", "ValueError", "int"]
+    assert received[0] == 5 and str(received[1]) == "upstream broke" and received[2] == 7
+
+
+def test_a_failed_state_passed_on_stops_the_next_task(journal: Journal) -> None:
+    ran: list[int] = []
+
+    @task
+    def produce() -> int:
+        raise ValueError("upstream broke")
+
+    @task
+    def consume(value: int) -> int:
+        ran.append(value)
+        return value
+
+    @flow
+    def strict() -> int:
+        return consume(produce(return_state=True))
+
+    with pytest.raises(ValueError, match="upstream broke"):
+        strict()
+    assert ran == []
+    [run] = journal.list_flow_runs()
+    assert [t.task_key for t in journal.task_runs(run.id)] == ["produce"]

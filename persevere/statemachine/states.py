@@ -118,6 +118,29 @@ class State:
         return f"{self.name}({self.message!r})" if self.message else f"{self.name}()"
 
 
+class allow_failure:
+    """Mark a task argument whose failure must not stop the task it is passed to.
+
+    ``consume(allow_failure(produce(return_state=True)))``: the task runs and
+    gets the upstream value, or the upstream exception if it failed. Without
+    the wrapper, a failed State passed as an argument raises its exception
+    and the task does not run.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def resolve(value: Any) -> Any:
+    """A task argument as the task receives it: States become their results."""
+    if isinstance(value, allow_failure):
+        inner = value.value
+        return inner.result(raise_on_failure=False) if isinstance(inner, State) else inner
+    if isinstance(value, State):
+        return value.result()
+    return value
+
+
 def type_of(name: str) -> StateType:
     """The type of a named state; a ``KeyError`` names an unknown one."""
     return NAMED_STATES[name]

@@ -18,7 +18,7 @@ from .. import clock
 from ..context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
 from ..exceptions import Abort, NonDeterminismError, RunTimeout, SerializationError
 from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart
-from ..statemachine import State, StateType
+from ..statemachine import State, StateType, allow_failure, resolve
 from ..statemachine.retries import next_attempt_ms
 from . import caching, hooks
 from .logs import get_run_logger
@@ -56,6 +56,9 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
     if ctx is None:  # outside a flow: a plain function call, nothing journaled
         value = task.fn(*args, **kwargs)
         return State(StateType.COMPLETED, "Completed", data=value) if return_state else value
+    if any(isinstance(a, (State, allow_failure)) for a in (*args, *kwargs.values())):
+        args = tuple(resolve(a) for a in args)
+        kwargs = {k: resolve(v) for k, v in kwargs.items()}
     key = task.task_key
     journal, flow_run_id = ctx.journal, ctx.run.id
     position, dynamic_key = ctx.allocate(key)
