@@ -120,3 +120,32 @@ def test_on_crashed_fires_once_when_the_crash_is_resumed(db: Path, side: Path) -
     again = run_cli(db, "runs", "resume", run["id"], HOOKED_SIDE_FILE=str(side))
     assert again.returncode == 2  # completed now
     assert [line for line in lines(side) if line.startswith("on_crashed")] == crashed
+
+
+def test_a_cancelled_transition_runs_on_cancellation_hooks(journal: Journal) -> None:
+    """Cancellation itself comes with workers; its hooks ride on the same mechanism."""
+    from persevere.context import FlowRunContext
+    from persevere.statemachine import StateType
+    from persevere.worker import flow_runs, hooks
+
+    seen: list[str] = []
+
+    @flow(on_cancellation=[lambda f, r, s: seen.append(s.name)])
+    def cancellable() -> None: ...
+
+    assert hooks.event_of(StateType.CANCELLED) == "on_cancellation"
+    run = journal.create_flow_run(flow_name="cancellable", entrypoint=None, parameters="{}")
+    run = journal.claim_flow_run(run, hooks_owner(), "token")
+    ctx = FlowRunContext(journal, run, cancellable, {})
+    flow_runs._end(ctx, cancellable, StateType.CANCELLED, "Cancelled", "by the test")
+    assert seen == ["Cancelled"]
+    journal.flush()
+    assert [
+        tuple(r) for r in journal.query("SELECT event, done_ms IS NOT NULL FROM hooks_due")
+    ] == [("on_cancellation", 1)]
+
+
+def hooks_owner() -> Any:
+    from persevere.worker.owners import this_process
+
+    return this_process()
