@@ -5,7 +5,7 @@ Nothing here does I/O or reads a clock.
 
 from .graph import check_move, fold, legal_moves, path_to_pending
 from .policies import Owner, owner_is_dead
-from .states import FINAL_TYPES, NAMED_STATES, State, StateType, allow_failure, resolve, type_of
+from .states import FINAL_TYPES, NAMED_STATES, State, StateType, allow_failure, resolve
 
 __all__ = [
     "FINAL_TYPES",
@@ -20,5 +20,4 @@ __all__ = [
     "owner_is_dead",
     "path_to_pending",
     "resolve",
-    "type_of",
 ]

@@ -139,8 +139,3 @@ def resolve(value: Any) -> Any:
     if isinstance(value, State):
         return value.result()
     return value
-
-
-def type_of(name: str) -> StateType:
-    """The type of a named state; a ``KeyError`` names an unknown one."""
-    return NAMED_STATES[name]
