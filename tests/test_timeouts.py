@@ -131,3 +131,20 @@ def test_a_flow_deadline_stops_the_task_inside_it(journal: Journal) -> None:
 def test_an_unknown_timeout_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout_mode"):
         task(timeout_seconds=1, timeout_mode="thread")(sleepy)
+
+
+def test_a_flow_deadline_is_not_retried_by_the_task_it_interrupts(journal: Journal) -> None:
+    attempts: list[int] = []
+
+    @task(retries=3, retry_delay_seconds=0)
+    def long() -> None:
+        attempts.append(1)
+        time.sleep(30)
+
+    @flow(timeout_seconds=DEADLINE)
+    def bounded() -> None:
+        long()
+
+    started = time.monotonic()
+    assert bounded(return_state=True).name == "TimedOut"
+    assert attempts == [1] and time.monotonic() - started < DEADLINE + 1.0

@@ -94,6 +94,7 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
         token = task_run_context.set(
             TaskRunContext(flow_run_id, start.id, key, dynamic_key, start.attempt)
         )
+        timeout = None
         try:
             if task.timeout_seconds is None:
                 value = task.fn(*args, **kwargs)
@@ -103,7 +104,9 @@ def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
                     task.fn, args, kwargs, task.timeout_seconds, task.timeout_mode, timeout
                 )
         except Exception as exc:
-            wake = retry_time(task, start.retries_used, exc, start)
+            # An enclosing deadline (the flow's) is not this task's failure to retry.
+            outer = isinstance(exc, RunTimeout) and exc is not timeout
+            wake = None if outer else retry_time(task, start.retries_used, exc, start)
             if wake is None:
                 name = "TimedOut" if isinstance(exc, RunTimeout) else "Failed"
                 state = _finish(
