@@ -31,6 +31,9 @@ from .statemachine.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, TASK_SOURCE
 from .statemachine.retries import exponential_backoff
 from .tasks import Task, task
 from .worker import get_run_logger
+from .worker.futures import PersevereFuture, as_completed, wait
+from .worker.runners import TaskRunner, ThreadPoolTaskRunner
+from .worker.task_runs import unmapped
 
 __version__ = "0.1.0"
 
@@ -47,6 +50,7 @@ __all__ = [
     "NonDeterminismError",
     "ParameterError",
     "PersevereError",
+    "PersevereFuture",
     "RunInterrupted",
     "RunKeyConflict",
     "RunNotFound",
@@ -57,12 +61,17 @@ __all__ = [
     "State",
     "StateType",
     "Task",
+    "TaskRunner",
+    "ThreadPoolTaskRunner",
     "__version__",
     "allow_failure",
+    "as_completed",
     "exponential_backoff",
     "flow",
     "get_run_context",
     "get_run_logger",
     "idempotency_key",
     "task",
+    "unmapped",
+    "wait",
 ]

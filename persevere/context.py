@@ -31,6 +31,21 @@ class FlowRunContext:
     replayed: int = 0
     executed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    executor: Any = None
+    futures: list[Any] = field(default_factory=list)
+
+    def executor_for(self, runner: Any) -> Any:
+        """The flow run's executor for submitted tasks, started on first use."""
+        with self.lock:
+            if self.executor is None:
+                self.executor = runner.start()
+            return self.executor
+
+    def drain(self, wait: bool = True) -> None:
+        """Let every submitted task call end (or, with ``wait=False``, cancel queued ones)."""
+        if self.executor is None:
+            return
+        self.executor.shutdown(wait=wait, cancel_futures=not wait)
 
     @property
     def flow_run_id(self) -> str:

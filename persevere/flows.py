@@ -10,6 +10,7 @@ from .callables import Hook, adopt
 from .statemachine import State
 from .statemachine.retries import DelaySpec
 from .worker import run_flow
+from .worker.runners import TaskRunner, ThreadPoolTaskRunner
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,6 +40,7 @@ class Flow(Generic[P, R]):
     on_crashed: Sequence[Hook] = ()
     on_cancellation: Sequence[Hook] = ()
     timeout_seconds: float | None = None
+    task_runner: TaskRunner = dataclasses.field(default_factory=ThreadPoolTaskRunner)
 
     __persevere_flow__ = True
 
@@ -74,6 +76,7 @@ def flow(
     on_crashed: Sequence[Hook] = (),
     on_cancellation: Sequence[Hook] = (),
     timeout_seconds: float | None = None,
+    task_runner: TaskRunner | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -96,6 +99,7 @@ def flow(
     on_crashed: Sequence[Hook] = (),
     on_cancellation: Sequence[Hook] = (),
     timeout_seconds: float | None = None,
+    task_runner: TaskRunner | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow: each call is a durable flow run.
 
@@ -115,6 +119,9 @@ def flow(
             crash is found by the process that resumes the run.
         timeout_seconds: end the run TimedOut at this deadline (by an
             interrupt, as ``@task(timeout_mode="interrupt")``).
+        task_runner: where ``.submit`` and ``.map`` run task bodies (default
+            ``ThreadPoolTaskRunner()``). The run waits for every submitted
+            call before it ends.
     """
 
     def decorate(f: Callable[P, R]) -> Flow[P, R]:
@@ -135,6 +142,7 @@ def flow(
             on_crashed=on_crashed,
             on_cancellation=on_cancellation,
             timeout_seconds=timeout_seconds,
+            task_runner=task_runner or ThreadPoolTaskRunner(),
         )
 
     return decorate(fn) if fn is not None else decorate

@@ -12,6 +12,7 @@ from .statemachine import State
 from .statemachine.caching import NO_CACHE, CachePolicy
 from .statemachine.retries import DelaySpec
 from .worker import run_task
+from .worker.task_runs import map_task, submit_task
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,6 +60,21 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return_state = bool(kwargs.pop("return_state", False))
         return run_task(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+
+    def submit(self, *args: Any, wait_for: list[Any] | None = None, **kwargs: Any) -> Any:
+        """Run the call on the flow's task runner; returns a :class:`PersevereFuture` at once.
+
+        Futures among the arguments are waited for and replaced by their
+        values; ``wait_for`` names futures to wait for without passing them.
+        """
+        return submit_task(self, args, kwargs, wait_for)
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit one call per element of the iterable arguments; ``unmapped(x)`` repeats x.
+
+        Returns a list of futures with ``.result()`` for all of them.
+        """
+        return map_task(self, args, kwargs)
 
     def with_options(self, **changes: Any) -> Task[P, R]:
         """A copy of this task with other options."""

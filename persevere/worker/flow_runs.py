@@ -212,13 +212,21 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
     signature = inspect.signature(flow.fn)
     bound = inspect.BoundArguments(signature, params)  # type: ignore[arg-type,unused-ignore]
     try:
-        if flow.timeout_seconds is None:
-            value = flow.fn(*bound.args, **bound.kwargs)
-        else:
-            timeout = RunTimeout(f"flow {flow.name!r}", flow.timeout_seconds)
-            value = call_with_timeout(
-                flow.fn, bound.args, bound.kwargs, flow.timeout_seconds, "interrupt", timeout
-            )
+        try:
+            if flow.timeout_seconds is None:
+                value = flow.fn(*bound.args, **bound.kwargs)
+            else:
+                timeout = RunTimeout(f"flow {flow.name!r}", flow.timeout_seconds)
+                value = call_with_timeout(
+                    flow.fn, bound.args, bound.kwargs, flow.timeout_seconds, "interrupt", timeout
+                )
+        except Exception:
+            ctx.drain(wait=True)  # no task of this run may still write after its end
+            raise
+        except BaseException:
+            ctx.drain(wait=False)
+            raise
+        ctx.drain(wait=True)
     except LeaseLost:
         raise  # the run is somebody else's now: record nothing
     except Exception as exc:

@@ -10,6 +10,8 @@ result is one durable commit, so a sequential task costs one commit.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import random
 import time
 from typing import Any
@@ -17,10 +19,11 @@ from typing import Any
 from .. import clock
 from ..context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
 from ..exceptions import Abort, NonDeterminismError, RunTimeout, SerializationError
-from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart
+from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart, task_run_id
 from ..statemachine import State, StateType, allow_failure, resolve
 from ..statemachine.retries import next_attempt_ms
 from . import caching, hooks
+from .futures import PersevereFuture, PersevereFutureList
 from .logs import get_run_logger
 from .timeouts import call_with_timeout
 
@@ -50,18 +53,57 @@ def load_recorded(journal: Journal, recorded: TaskRun) -> State:
     )
 
 
-def run_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool) -> Any:
-    """Run one task call (the body of ``Task.__call__``)."""
+def _settle(value: Any) -> Any:
+    """A future among the inputs, waited for and replaced by its final State."""
+    if isinstance(value, PersevereFuture):
+        value.wait()
+        return value.state
+    if isinstance(value, allow_failure) and isinstance(value.value, PersevereFuture):
+        value.value.wait()
+        return allow_failure(value.value.state)
+    return value
+
+
+_UPSTREAM = (State, allow_failure, PersevereFuture)
+
+
+def resolve_inputs(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Inputs as the task receives them: futures and States become their values.
+
+    A failed upstream raises its exception here (the task does not run),
+    unless it is wrapped in ``allow_failure``.
+    """
+    if not any(isinstance(a, _UPSTREAM) for a in (*args, *kwargs.values())):
+        return args, kwargs
+    return (
+        tuple(resolve(_settle(a)) for a in args),
+        {k: resolve(_settle(v)) for k, v in kwargs.items()},
+    )
+
+
+def run_task(
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    identity: tuple[int, int] | None = None,
+) -> Any:
+    """Run one task call (the body of ``Task.__call__``).
+
+    ``identity`` is the (position, dynamic key) a submitted call was given
+    when it was submitted; a direct call takes the next one now.
+    """
     ctx = flow_run_context.get()
     if ctx is None:  # outside a flow: a plain function call, nothing journaled
+        args, kwargs = resolve_inputs(args, kwargs)
         value = task.fn(*args, **kwargs)
         return State(StateType.COMPLETED, "Completed", data=value) if return_state else value
-    if any(isinstance(a, (State, allow_failure)) for a in (*args, *kwargs.values())):
-        args = tuple(resolve(a) for a in args)
-        kwargs = {k: resolve(v) for k, v in kwargs.items()}
     key = task.task_key
+    position, dynamic_key = identity or ctx.allocate(key)
+    args, kwargs = resolve_inputs(args, kwargs)
     journal, flow_run_id = ctx.journal, ctx.run.id
-    position, dynamic_key = ctx.allocate(key)
     recorded = ctx.recorded.get(position) if ctx.recorded else None
     if recorded is None:
         start = journal.start_task_run(flow_run_id, position, key, dynamic_key, "task")
@@ -209,3 +251,77 @@ def sleep_until(wake_ms: int) -> None:
     delay = (wake_ms - clock.now_ms()) / 1000
     if delay > 0:
         time.sleep(delay)
+
+
+def submit_task(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
+) -> PersevereFuture:
+    """Run a task call on the flow's task runner; returns its future at once.
+
+    The call's identity is taken now, in program order, not when it runs.
+    """
+    ctx = flow_run_context.get()
+    if ctx is None:  # outside a flow: run it now
+        done: concurrent.futures.Future[State] = concurrent.futures.Future()
+        done.set_result(_state_of(task, args, kwargs, wait_for, None))
+        return PersevereFuture(done, task.name, None)
+    identity = ctx.allocate(task.task_key)
+    context = contextvars.copy_context()
+    executor = ctx.executor_for(ctx.flow.task_runner)
+    inner = executor.submit(context.run, _state_of, task, args, kwargs, wait_for, identity)
+    future = PersevereFuture(inner, task.name, task_run_id(ctx.run.id, identity[0]))
+    with ctx.lock:
+        ctx.futures.append(future)
+    return future
+
+
+def _state_of(
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: list[Any] | None,
+    identity: tuple[int, int] | None,
+) -> State:
+    """One submitted call, run to its final State (a failed upstream included)."""
+    try:
+        for upstream in wait_for or ():
+            resolve(_settle(upstream))  # raises if it failed, unless allow_failure
+        state: State = run_task(task, args, kwargs, True, identity)
+        return state
+    except Exception as exc:
+        return State(StateType.FAILED, "Failed", describe(exc), 0, None, exc)
+
+
+def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PersevereFutureList:
+    """Submit one call per element of the iterable arguments (``unmapped`` ones repeat)."""
+    iterables = {i: list(a) for i, a in enumerate(args) if _is_mapped(a)}
+    named = {k: list(v) for k, v in kwargs.items() if _is_mapped(v)}
+    lengths = {len(v) for v in (*iterables.values(), *named.values())}
+    if len(lengths) > 1:
+        raise ValueError(f"task {task.name!r}: .map() got iterables of lengths {sorted(lengths)}")
+    count = lengths.pop() if lengths else 0
+    futures = PersevereFutureList()
+    for n in range(count):
+        call_args = tuple(
+            iterables[i][n] if i in iterables else _plain(a) for i, a in enumerate(args)
+        )
+        call_kwargs = {k: named[k][n] if k in named else _plain(v) for k, v in kwargs.items()}
+        futures.append(submit_task(task, call_args, call_kwargs))
+    return futures
+
+
+class unmapped:
+    """Pass the same value to every call of ``.map()``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _is_mapped(value: Any) -> bool:
+    if isinstance(value, (unmapped, str, bytes, dict)) or not hasattr(value, "__iter__"):
+        return False
+    return not isinstance(value, (State, PersevereFuture, allow_failure))
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, unmapped) else value
