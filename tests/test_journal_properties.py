@@ -137,9 +137,15 @@ class JournalMachine(RuleBasedStateMachine):
         super().__init__()
         self.folder = tempfile.mkdtemp(prefix="persevere-props-")
         self.path = Path(self.folder) / "journal.db"
-        self.journal = Journal(self.path, Settings.from_env())
-        # Another connection on the same file: "another process" moving runs.
-        self.other = Journal(self.path, Settings.from_env())
+        try:
+            self.journal = Journal(self.path, Settings.from_env())
+            # Another connection on the same file: "another process" moving runs.
+            self.other = Journal(self.path, Settings.from_env())
+        except BaseException:  # teardown will not run
+            if hasattr(self, "journal"):
+                self.journal.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         self.model: dict[str, RunModel] = {}
         self.completed_seen: dict[str, tuple[FlowRun, list[Any]]] = {}
         self.tokens = itertools.count(1)

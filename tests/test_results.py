@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import decimal
 import hashlib
@@ -93,8 +94,8 @@ def test_same_is_strict() -> None:
 
 # -- strategies ----------------------------------------------------------------
 
-# Any fixed UTC offset except a nonzero one under a second: CPython 3.11's
-# datetime.fromisoformat reads "+00:00:00.000001" as UTC (see the report).
+# Any fixed UTC offset except a nonzero one under a second: the C datetime of
+# CPython 3.11 reads "+00:00:00.000001" back as UTC (python/cpython#152079).
 fixed_offsets = st.builds(
     dt.timezone,
     st.timedeltas(
@@ -509,3 +510,28 @@ def test_threads_creating_the_key_at_once_agree_on_it(tmp_path: Path) -> None:
         # One key for all, the one on disk: every payload loads in a new process.
         for data in signed:
             assert Codec(key_path).loads(data, "pickle") == "same", f"trial {trial}"
+
+
+# -- a reproduction of an open finding (see the report) ----------------------------
+
+Point = collections.namedtuple("Point", "x y")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        Point(1, 2),
+        collections.OrderedDict(a=1),
+        collections.defaultdict(int, a=1),
+        collections.Counter("aab"),
+    ],
+    ids=["namedtuple", "OrderedDict", "defaultdict", "Counter"],
+)
+def test_a_container_subclass_is_kept_or_refused(tmp_path: Path, value: Any) -> None:
+    """A replayed task must return what it returned: the same type, or a refusal up front."""
+    codec = Codec(tmp_path / "db.key")
+    try:
+        data = codec.dumps(value, "json", "the value")
+    except SerializationError:
+        return  # refused when stored: the user is told to use pickle
+    assert same(codec.loads(data, "json"), value)

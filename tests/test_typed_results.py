@@ -91,3 +91,12 @@ def test_a_task_returning_a_dataclass_replays_it(journal: Journal) -> None:
     [run] = journal.list_flow_runs()
     [t] = journal.task_runs(run.id)
     assert journal.load_task_result(t) == Order(3, ("z",))
+
+
+class Level(str, enum.Enum):
+    LOW = "low"
+
+
+def test_a_str_based_enum_comes_back_as_the_enum() -> None:
+    back = from_json(to_json({"level": Level.LOW}))
+    assert back["level"] is Level.LOW

@@ -48,6 +48,12 @@ def _tagged(tag: str, value: Any) -> dict[str, Any]:
 
 def _encode(value: Any) -> Any:
     """Encode the values plain JSON lacks; called by json for unknown types."""
+    if isinstance(value, enum.Enum):
+        return _tagged("enum", [_class_name(value), _walk(value.value)])
+    if isinstance(value, (*_PLAIN, list, dict, tuple, set, frozenset, bytes)) and type(
+        value
+    ) not in (tuple, set, frozenset, bytes):
+        raise TypeError(f"{type(value).__qualname__} is a subclass of a JSON type")
     if isinstance(value, tuple):
         return _tagged("tuple", [_walk(v) for v in value])
     if isinstance(value, frozenset):
@@ -79,8 +85,6 @@ def _encode(value: Any) -> Any:
         return _tagged(type(value).__name__, str(value))
     if isinstance(value, pathlib.PurePath):
         return _tagged("path", str(value))
-    if isinstance(value, enum.Enum):
-        return _tagged("enum", [_class_name(value), _walk(value.value)])
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: _walk(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return _tagged("dataclass", [_class_name(value), fields])
@@ -130,18 +134,27 @@ def _dataclass(value: list[Any]) -> Any:
     return instance
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _walk(value: Any) -> Any:
-    """Rewrite containers json would flatten (tuples, non-string dict keys)."""
-    if isinstance(value, list):
+    """Rewrite containers json would flatten (tuples, non-string dict keys).
+
+    Types are matched exactly: a subclass (a namedtuple, an OrderedDict, a
+    str-based enum) would come back as its base class, so it is encoded as
+    itself (enums) or refused, never silently changed.
+    """
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is list:
         return [_walk(v) for v in value]
-    if isinstance(value, dict):
+    if kind is dict:
         if all(type(k) is str for k in value):
             if _TAG in value:
                 return _tagged("dict", [[k, _walk(v)] for k, v in value.items()])
             return {k: _walk(v) for k, v in value.items()}
         return _tagged("dict", [[_walk(k), _walk(v)] for k, v in value.items()])
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
     return _encode(value)
 
 

@@ -53,6 +53,21 @@ class Op:
     expect: tuple[str, int, str] | None = None
 
 
+class _Waiter:
+    """A caller of :meth:`Writer.commit` waiting for its writes to be committed."""
+
+    __slots__ = ("done", "error", "ops")
+
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+        self.done = False
+        self.error: BaseException | None = None
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.done = True
+
+
 _RENEW = "UPDATE flow_runs SET lease_expires_ms = ? WHERE id = ? AND lease_token = ?"
 _CHECK = "SELECT 1 FROM flow_runs WHERE id = ? AND lease_token = ?"
 
@@ -74,6 +89,8 @@ class Writer:
         self._flusher: threading.Thread | None = None
         self._deferred_error: BaseException | None = None
         self._failing: Op | None = None
+        self._queue_lock = threading.Lock()
+        self._waiting: list[_Waiter] = []
 
     # -- leases -------------------------------------------------------------
 
@@ -119,32 +136,74 @@ class Writer:
             return True
 
     def commit(self, ops: Iterable[Op] = ()) -> None:
-        """Commit everything deferred plus ``ops``, atomically; durable on return.
+        """Commit everything deferred plus ``ops``; durable on return.
+
+        Group commit: callers queue their writes, and whoever holds the lock
+        commits everything queued in one transaction, so threads finishing
+        tasks at once share commits instead of waiting for one each. If that
+        transaction fails, each caller's writes are committed alone, so one
+        caller's lost compare-and-set never fails another's write.
 
         Raises :class:`VersionConflict` if a compare-and-set among ``ops``
         lost, and :class:`LeaseLost` if a run that ``ops`` write for is no
         longer ours (deferred writes of other runs still commit).
         """
-        ops = list(ops)
+        mine = _Waiter(list(ops))
+        with self._queue_lock:
+            self._waiting.append(mine)
         with self.lock:
-            if self._deferred_error is not None:
-                error, self._deferred_error = self._deferred_error, None
-                self._pending.clear()
-                raise error
-            batch, self._pending = self._pending + ops, []
-            self._failing = None
-            try:
-                self._commit_batch(batch)
-            except Exception:
-                own = {id(op) for op in ops}
-                if self._failing is not None and id(self._failing) in own:
-                    # The caller's own write failed (a lost compare-and-set, a
-                    # taken run key); what was deferred before it is still good.
-                    self._pending = [op for op in batch if id(op) not in own] + self._pending
-                raise
-        for op in ops:
+            if not mine.done:
+                with self._queue_lock:
+                    group, self._waiting = self._waiting, []
+                self._commit_group(group)
+        if mine.error is not None:
+            raise mine.error
+        for op in mine.ops:
             if op.fence is not None and op.fence in self._lost:
                 raise LeaseLost(op.fence)
+
+    def _commit_group(self, group: list[_Waiter]) -> None:
+        """Commit the queued callers' writes (with what is deferred), together if possible."""
+        if self._deferred_error is not None:
+            error, self._deferred_error = self._deferred_error, None
+            self._pending.clear()
+            for waiter in group:
+                waiter.finish(error)
+            return
+        if len(group) > 1:
+            try:
+                self._commit_one([op for waiter in group for op in waiter.ops])
+            except Exception:  # one of them failed: find out whose, alone
+                pass
+            else:
+                for waiter in group:
+                    waiter.finish(None)
+                return
+        for waiter in group:
+            try:
+                self._commit_one(waiter.ops)
+            except Exception as exc:
+                waiter.finish(exc)
+            else:
+                waiter.finish(None)
+
+    def _commit_one(self, ops: list[Op], retry: bool = True) -> None:
+        """Commit what is deferred plus ``ops`` in one transaction."""
+        batch, self._pending = self._pending + ops, []
+        self._failing = None
+        try:
+            self._commit_batch(batch)
+        except Exception as exc:
+            own = {id(op) for op in ops}
+            failing = self._failing
+            self._pending = [op for op in batch if id(op) not in own] + self._pending
+            if failing is None or id(failing) in own or not retry:
+                raise  # the caller's own write failed; what was deferred is kept
+            # A deferred write failed, not the caller's: drop it (it would fail
+            # every commit), say so, and commit the rest.
+            self._pending = [op for op in self._pending if op is not failing]
+            print(f"persevere: a journal write was dropped: {exc}", file=sys.stderr)
+            self._commit_one(ops, retry=False)
 
     def _commit_batch(self, batch: list[Op]) -> None:
         now = clock.now_ms()
