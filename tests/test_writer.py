@@ -142,3 +142,71 @@ def test_time_is_spent_in_one_commit_per_task(db: Path, journal: Journal) -> Non
     assert time.monotonic() - started < 30
     # 50 task commits + create + claim + finish, a few flusher batches at most
     assert 53 <= commits["n"] <= 60
+
+
+def test_threads_committing_at_once_share_transactions(db: Path, journal: Journal) -> None:
+    import threading
+
+    batches = {"n": 0}
+    real = journal.writer._commit_batch
+
+    def counting(batch: list[Op]) -> None:
+        batches["n"] += 1
+        time.sleep(0.002)  # a slow disk: others queue up meanwhile
+        real(batch)
+
+    journal.writer._commit_batch = counting  # type: ignore[method-assign]
+    start = threading.Barrier(8)
+
+    def writer(i: int) -> None:
+        start.wait()
+        for j in range(25):  # durable commits, as task results are
+            journal.writer.commit(
+                [
+                    Op(
+                        "INSERT INTO logs (level, ts_ms, message) VALUES ('INFO', 1, ?)",
+                        (f"{i}-{j}",),
+                    )
+                ]
+            )
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert peek(db, "SELECT count(*) FROM logs") == [(200,)]
+    assert batches["n"] < 200 * 0.75  # many callers per transaction
+
+
+def test_one_callers_lost_compare_and_set_fails_only_that_caller(
+    db: Path, journal: Journal
+) -> None:
+    import threading
+
+    run = journal.create_flow_run(flow_name="f", entrypoint=None, parameters="{}")
+    stale = Op("UPDATE flow_runs SET version = 99 WHERE id = ? AND version = ?", (run.id, 42),
+               expect=(run.id, 42, "flow_runs"))  # fmt: skip
+    good = [Op("INSERT INTO logs (level, ts_ms, message) VALUES ('INFO', 1, ?)", (f"m{i}",))
+            for i in range(6)]  # fmt: skip
+    outcomes: dict[str, object] = {}
+    start = threading.Barrier(7)
+
+    def commit(name: str, ops: list[Op]) -> None:
+        start.wait()
+        try:
+            journal.writer.commit(ops)
+            outcomes[name] = "ok"
+        except VersionConflict as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=commit, args=(f"good{i}", [op]))
+               for i, op in enumerate(good)]  # fmt: skip
+    threads.append(threading.Thread(target=commit, args=("stale", [stale])))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(outcomes.pop("stale"), VersionConflict)
+    assert set(outcomes.values()) == {"ok"} and len(outcomes) == 6
+    assert peek(db, "SELECT count(*) FROM logs") == [(6,)]
