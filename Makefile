@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
+	$(PY) bench/concurrency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
