@@ -115,8 +115,12 @@ class Writer:
     # -- writing ------------------------------------------------------------
 
     def defer(self, *ops: Op) -> None:
-        """Queue writes that will ride along with the next commit."""
-        with self.lock:
+        """Queue writes that will ride along with the next commit.
+
+        Only the queue's own lock is taken, never the writer's: a thread does
+        not wait for somebody's commit just to queue a write.
+        """
+        with self._queue_lock:
             self._pending.extend(ops)
         if self._flusher is None:
             self._ensure_flusher()
@@ -127,7 +131,7 @@ class Writer:
         The engine uses it to write a fast task's Pending, Running and final
         state as one row instead of an insert and two updates.
         """
-        with self.lock:
+        with self._queue_lock:
             wanted = {id(op) for op in ops}
             kept = [op for op in self._pending if id(op) not in wanted]
             if len(kept) != len(self._pending) - len(wanted):
@@ -166,7 +170,8 @@ class Writer:
         """Commit the queued callers' writes (with what is deferred), together if possible."""
         if self._deferred_error is not None:
             error, self._deferred_error = self._deferred_error, None
-            self._pending.clear()
+            with self._queue_lock:
+                self._pending.clear()
             for waiter in group:
                 waiter.finish(error)
             return
@@ -189,19 +194,22 @@ class Writer:
 
     def _commit_one(self, ops: list[Op], retry: bool = True) -> None:
         """Commit what is deferred plus ``ops`` in one transaction."""
-        batch, self._pending = self._pending + ops, []
+        with self._queue_lock:
+            batch, self._pending = self._pending + ops, []
         self._failing = None
         try:
             self._commit_batch(batch)
         except Exception as exc:
             own = {id(op) for op in ops}
             failing = self._failing
-            self._pending = [op for op in batch if id(op) not in own] + self._pending
+            with self._queue_lock:
+                self._pending = [op for op in batch if id(op) not in own] + self._pending
             if failing is None or id(failing) in own or not retry:
                 raise  # the caller's own write failed; what was deferred is kept
             # A deferred write failed, not the caller's: drop it (it would fail
             # every commit), say so, and commit the rest.
-            self._pending = [op for op in self._pending if op is not failing]
+            with self._queue_lock:
+                self._pending = [op for op in self._pending if op is not failing]
             print(f"persevere: a journal write was dropped: {exc}", file=sys.stderr)
             self._commit_one(ops, retry=False)
 
@@ -289,17 +297,19 @@ class Writer:
                 for run_id in self._held
                 if now - self._renewed.get(run_id, 0) >= self._lease_ms // 3
             ]
-            if not self._pending and not due:
+            with self._queue_lock:
+                batch, self._pending = self._pending, []
+            if not batch and not due:
                 return
-            batch, self._pending = self._pending, []
             batch += [Op("SELECT 1", (), fence=run_id) for run_id in due]
             self._commit_batch(batch)
 
     def close(self) -> None:
         """Commit what is pending and stop the flusher."""
         with self.lock:
-            if self._pending:
+            with self._queue_lock:
                 batch, self._pending = self._pending, []
+            if batch:
                 self._commit_batch(batch)
             self._closed = True
         self._wake.set()
