@@ -9,7 +9,6 @@ flusher within ``flush_seconds``); the docstrings say which.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 import sqlite3
 import sys
@@ -333,7 +332,7 @@ class Journal:
             stored = StoredResult(
                 task.result_serializer or "json", task.result, task.result_id, None
             )
-            ops = finish_task(
+            copies += finish_task(
                 start,
                 StateType.COMPLETED,
                 task.state_name,
@@ -341,9 +340,8 @@ class Journal:
                 stored,
                 now,
                 collapse=True,
+                fenced=False,  # written with the new run, before anyone holds its lease
             )
-            # Written with the new run, before anyone holds its lease: no fence.
-            copies += [dataclasses.replace(op, fence=None) for op in ops]
         self._insert_flow_run(
             run_id,
             now,

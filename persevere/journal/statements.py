@@ -233,15 +233,18 @@ def finish_task(
     result: StoredResult | None,
     now: int,
     collapse: bool,
+    fenced: bool = True,
 ) -> list[Op]:
     """A task run's final state and result.
 
     With ``collapse`` (its start was never committed), the task run is
     written once, in its final state, with its three history rows in one
-    statement, instead of an insert and two updates.
+    statement, instead of an insert and two updates. ``fenced=False`` for a
+    task run written together with its new flow run, before anyone holds
+    that run's lease.
     """
     check_move(StateType.RUNNING, target, name, start.id)
-    fence = start.flow_run_id
+    fence = start.flow_run_id if fenced else None
     serializer, data, result_id = None, None, None
     ops = []
     if result is not None:
