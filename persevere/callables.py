@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .journal.results import SERIALIZERS
 from .statemachine import State
-from .statemachine.retries import RetryPolicy
+from .statemachine.retries import DelaySpec, RetryPolicy
 
 #: A state hook: called with the Flow or Task, its run record and the new State.
 Hook = Callable[[Any, Any, State], Any]
@@ -34,3 +35,25 @@ def adopt(wrapper: Any) -> None:
     for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
         object.__setattr__(wrapper, attr, getattr(fn, attr, None))
     object.__setattr__(wrapper, "__wrapped__", fn)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """The options flows and tasks share: retries, state hooks, a timeout.
+
+    Keyword-only, so that Flow and Task keep their own positional fields.
+    """
+
+    retries: int = 0
+    retry_delay_seconds: DelaySpec = 0
+    retry_jitter_factor: float | None = None
+    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None
+    on_running: Sequence[Hook] = ()
+    on_completion: Sequence[Hook] = ()
+    on_failure: Sequence[Hook] = ()
+    on_crashed: Sequence[Hook] = ()
+    on_cancellation: Sequence[Hook] = ()
+    timeout_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        adopt(self)

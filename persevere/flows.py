@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from .callables import Hook, adopt
+from .callables import Hook, RunOptions
 from .statemachine import State
 from .statemachine.retries import DelaySpec
 from .worker import run_flow
@@ -17,7 +17,7 @@ R = TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
-class Flow(Generic[P, R]):
+class Flow(RunOptions, Generic[P, R]):
     """A Python function whose calls are durable, journaled flow runs.
 
     Call it like the function. ``return_state=True`` returns the final
@@ -30,22 +30,9 @@ class Flow(Generic[P, R]):
     result_serializer: str = "json"
     run_key: str | None = None
     description: str | None = None
-    retries: int = 0
-    retry_delay_seconds: DelaySpec = 0
-    retry_jitter_factor: float | None = None
-    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None
-    on_running: Sequence[Hook] = ()
-    on_completion: Sequence[Hook] = ()
-    on_failure: Sequence[Hook] = ()
-    on_crashed: Sequence[Hook] = ()
-    on_cancellation: Sequence[Hook] = ()
-    timeout_seconds: float | None = None
     task_runner: TaskRunner = dataclasses.field(default_factory=ThreadPoolTaskRunner)
 
     __persevere_flow__ = True
-
-    def __post_init__(self) -> None:
-        adopt(self)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return_state = bool(kwargs.pop("return_state", False))
@@ -132,17 +119,17 @@ def flow(
             result_serializer,
             run_key,
             description or (f.__doc__ or "").strip() or None,
-            retries,
-            retry_delay_seconds,
-            retry_jitter_factor,
-            retry_condition_fn,
+            task_runner or ThreadPoolTaskRunner(),
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
+            retry_jitter_factor=retry_jitter_factor,
+            retry_condition_fn=retry_condition_fn,
             on_running=on_running,
             on_completion=on_completion,
             on_failure=on_failure,
             on_crashed=on_crashed,
             on_cancellation=on_cancellation,
             timeout_seconds=timeout_seconds,
-            task_runner=task_runner or ThreadPoolTaskRunner(),
         )
 
     return decorate(fn) if fn is not None else decorate

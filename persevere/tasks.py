@@ -7,7 +7,7 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from .callables import Hook, adopt
+from .callables import Hook, RunOptions
 from .statemachine import State
 from .statemachine.caching import NO_CACHE, CachePolicy
 from .statemachine.retries import DelaySpec
@@ -19,7 +19,7 @@ R = TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
-class Task(Generic[P, R]):
+class Task(RunOptions, Generic[P, R]):
     """A Python function whose calls inside a flow are journaled task runs.
 
     Inside a flow run, a call whose task run completed before (in an earlier
@@ -31,24 +31,14 @@ class Task(Generic[P, R]):
     name: str
     result_serializer: str = "json"
     description: str | None = None
-    retries: int = 0
-    retry_delay_seconds: DelaySpec = 0
-    retry_jitter_factor: float | None = None
-    retry_condition_fn: Callable[[Any, Any, State], bool] | None = None
     cache_policy: CachePolicy = NO_CACHE
     cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None = None
     cache_expiration: datetime.timedelta | None = None
     refresh_cache: bool = False
-    on_running: Sequence[Hook] = ()
-    on_completion: Sequence[Hook] = ()
-    on_failure: Sequence[Hook] = ()
-    on_crashed: Sequence[Hook] = ()
-    on_cancellation: Sequence[Hook] = ()
-    timeout_seconds: float | None = None
     timeout_mode: str = "interrupt"
 
     def __post_init__(self) -> None:
-        adopt(self)
+        super().__post_init__()
         if self.timeout_mode not in ("interrupt", "process"):
             raise ValueError(f"timeout_mode={self.timeout_mode!r}; use 'interrupt' or 'process'")
 
@@ -177,14 +167,14 @@ def task(
             name or f.__name__,
             result_serializer,
             description or (f.__doc__ or "").strip() or None,
-            retries,
-            retry_delay_seconds,
-            retry_jitter_factor,
-            retry_condition_fn,
             cache_policy,
             cache_key_fn,
             cache_expiration,
             refresh_cache,
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
+            retry_jitter_factor=retry_jitter_factor,
+            retry_condition_fn=retry_condition_fn,
             on_running=on_running,
             on_completion=on_completion,
             on_failure=on_failure,
