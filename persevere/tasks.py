@@ -49,7 +49,8 @@ class Task(RunOptions, Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return_state = bool(kwargs.pop("return_state", False))
-        return run_task(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+        wait_for: Any = kwargs.pop("wait_for", None)
+        return run_task(self, args, kwargs, return_state, None, wait_for)  # type: ignore[no-any-return]
 
     def submit(self, *args: Any, wait_for: list[Any] | None = None, **kwargs: Any) -> Any:
         """Run the call on the flow's task runner; returns a :class:`PersevereFuture` at once.
@@ -59,12 +60,13 @@ class Task(RunOptions, Generic[P, R]):
         """
         return submit_task(self, args, kwargs, wait_for)
 
-    def map(self, *args: Any, **kwargs: Any) -> Any:
+    def map(self, *args: Any, wait_for: list[Any] | None = None, **kwargs: Any) -> Any:
         """Submit one call per element of the iterable arguments; ``unmapped(x)`` repeats x.
 
-        Returns a list of futures with ``.result()`` for all of them.
+        Returns a list of futures with ``.result()`` for all of them. Every
+        call waits for the futures in ``wait_for``.
         """
-        return map_task(self, args, kwargs)
+        return map_task(self, args, kwargs, wait_for)
 
     def with_options(self, **changes: Any) -> Task[P, R]:
         """A copy of this task with other options."""

@@ -518,7 +518,9 @@ def test_runs_show_text(db: Path) -> None:
         ["1", "PENDING", "Pending"], ["2", "RUNNING", "Running"], ["3", "COMPLETED", "Completed"]
     ]  # fmt: skip
     tasks = lines[lines.index("task runs:") + 1 : lines.index("result: 30") - 1]
-    assert tasks[0].split() == ["#", "TASK", "STATE", "ATTEMPTS", "DURATION", "MESSAGE"]
+    assert tasks[0].split() == [
+        "#", "TASK", "STATE", "ATTEMPTS", "DURATION", "INPUTS", "FROM", "MESSAGE"
+    ]  # fmt: skip
     rows = [row.split() for row in tasks[1:]]
     assert [r[:4] for r in rows] == [
         ["0", "first-0", "Completed", "1"], ["1", "second-0", "Completed", "1"]

@@ -87,7 +87,30 @@ def task_summary(task: TaskRun) -> dict[str, Any]:
         "state_message": task.state_message,
         "attempts": task.attempt,
         "duration_seconds": duration(task.started_ms, task.ended_ms),
+        "upstream": task.upstream_ids,
     }
+
+
+def upstream_label(flow_run_id: str, upstream: list[str]) -> str:
+    """Upstream task runs as ``#3,#4`` (positions in this run) or ids from elsewhere."""
+    prefix = flow_run_id + "."
+    return ",".join(f"#{int(i[len(prefix) :])}" if i.startswith(prefix) else i for i in upstream)
+
+
+def task_graph_dot(flow_run_id: str, tasks: list[dict[str, Any]]) -> str:
+    """The task runs of a flow run and the edges from their inputs, in Graphviz DOT."""
+    lines = [f'digraph "{flow_run_id}" {{', "  rankdir=LR;", "  node [shape=box];"]
+    for t in tasks:
+        label = f"#{t['position']} {t['task_key']}-{t['dynamic_key']}\\n{t['state_name']}"
+        lines.append(f'  "{t["id"]}" [label="{_dot_text(label)}"];')
+    for t in tasks:
+        lines.extend(f'  "{u}" -> "{t["id"]}";' for u in t["upstream"])
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _dot_text(text: str) -> str:
+    return text.replace('"', '\\"')
 
 
 def transition_summary(move: Transition) -> dict[str, Any]:

@@ -19,8 +19,10 @@ from .output import (
     parameters_of,
     result_of,
     run_summary,
+    task_graph_dot,
     task_summary,
     transition_summary,
+    upstream_label,
 )
 from .run import interrupted, report
 
@@ -61,13 +63,23 @@ def ls(
 @runs.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--dot",
+    "as_dot",
+    is_flag=True,
+    help="Print the task run graph in Graphviz DOT (pipe to `dot -Tsvg`).",
+)
 @click.pass_context
-def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
-    """Show a run: its state history, its task runs and its result."""
+def show(ctx: click.Context, run_id: str, as_json: bool, as_dot: bool) -> None:
+    """Show a run: its state history, its task runs (with the task runs their
+    inputs came from) and its result."""
     journal = journal_of(ctx)
     run = refresh(journal, journal.resolve_flow_run(run_id))
     history = [transition_summary(t) for t in journal.history(run.id)]
     tasks = [task_summary(t) for t in journal.task_runs(run.id)]
+    if as_dot:
+        click.echo(task_graph_dot(run.id, tasks))
+        return
     has_result, result = result_of(journal, run)
     if as_json:
         doc = {**run_summary(run), "history": history, "task_runs": tasks}
@@ -105,11 +117,12 @@ def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
                 t["state_name"],
                 str(t["attempts"]),
                 _secs(t["duration_seconds"]),
+                upstream_label(run.id, t["upstream"]),
                 t["state_message"],
             ]
             for t in tasks
         ],
-        ["#", "TASK", "STATE", "ATTEMPTS", "DURATION", "MESSAGE"],
+        ["#", "TASK", "STATE", "ATTEMPTS", "DURATION", "INPUTS FROM", "MESSAGE"],
     )
     if has_result:
         click.echo(f"\nresult: {json.dumps(result)}")

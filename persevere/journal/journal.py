@@ -46,6 +46,7 @@ from .statements import (
     await_retry,
     finish_task,
     move,
+    moved_upstream,
     new_id,
     rerun_task,
     restart_task,
@@ -328,6 +329,7 @@ class Journal:
                 now,
                 2,
                 (),
+                upstream=moved_upstream(task.upstream, source.id, run_id),
             )
             stored = StoredResult(
                 task.result_serializer or "json", task.result, task.result_id, None
@@ -479,10 +481,17 @@ class Journal:
     # -- task runs (the hot path) --------------------------------------------
 
     def start_task_run(
-        self, flow_run_id: str, position: int, task_key: str, dynamic_key: int, kind: str
+        self,
+        flow_run_id: str,
+        position: int,
+        task_key: str,
+        dynamic_key: int,
+        kind: str,
+        upstream: str | None = None,
     ) -> TaskStart:
         """Journal a new task run Pending -> Running (deferred)."""
-        start = start_task(flow_run_id, position, task_key, dynamic_key, kind, clock.now_ms())
+        now = clock.now_ms()
+        start = start_task(flow_run_id, position, task_key, dynamic_key, kind, now, upstream)
         self.writer.defer(*start.ops)
         return start
 

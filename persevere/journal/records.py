@@ -82,6 +82,12 @@ class TaskRun:
     created_ms: int
     started_ms: int | None
     ended_ms: int | None
+    upstream: str | None = None
+
+    @property
+    def upstream_ids(self) -> list[str]:
+        """The task runs this one's inputs came from (futures, States, ``wait_for``)."""
+        return self.upstream.split() if self.upstream else []
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class TaskStart:
     ops: tuple[Op, ...]
     attempt: int = 1
     retries_used: int = 0
+    upstream: str | None = None
 
 
 @dataclass(frozen=True)

@@ -118,8 +118,47 @@ def _v1(db: Any) -> None:
     db.table("logs").create_index(["flow_run_id", "id"])
 
 
+def _v2(db: Any) -> None:
+    # The task runs a task run's inputs came from (space-separated ids), for the graph.
+    db.table("task_runs").add_column("upstream", str)
+    # Concurrency limits. A limit caps the slots held at once; with a decay,
+    # released slots (and rate-limit uses) drain away at that many per second.
+    db.execute(
+        """CREATE TABLE concurrency_limits (
+            name TEXT PRIMARY KEY, slots INTEGER NOT NULL,
+            decay_per_second REAL NOT NULL DEFAULT 0,
+            decaying REAL NOT NULL DEFAULT 0, decayed_ms INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+        )"""
+    )
+    # Held slots. Each is a lease: live while its holder's process lives and,
+    # for a holder inside a flow run, while that run still holds the lease
+    # token written here.
+    db.execute(
+        """CREATE TABLE concurrency_slots (
+            name TEXT NOT NULL, holder TEXT NOT NULL, occupy INTEGER NOT NULL,
+            flow_run_id TEXT, lease_token TEXT,
+            owner_host TEXT NOT NULL, owner_pid INTEGER NOT NULL, owner_started TEXT NOT NULL,
+            acquired_ms INTEGER NOT NULL,
+            PRIMARY KEY (name, holder)
+        ) WITHOUT ROWID"""
+    )
+    # Who waits for slots, in the order they asked (``ticket``), with the same
+    # liveness fields as a slot.
+    db.execute(
+        """CREATE TABLE concurrency_waiters (
+            ticket INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL, holder TEXT NOT NULL, occupy INTEGER NOT NULL,
+            flow_run_id TEXT, lease_token TEXT,
+            owner_host TEXT NOT NULL, owner_pid INTEGER NOT NULL, owner_started TEXT NOT NULL,
+            since_ms INTEGER NOT NULL, seen_ms INTEGER NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX concurrency_waiters_name ON concurrency_waiters (name, ticket)")
+
+
 #: Migration n brings a database from version n-1 to version n.
-MIGRATIONS: list[Callable[[Any], None]] = [_v1]
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

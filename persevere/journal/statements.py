@@ -26,13 +26,13 @@ FLOW_COLUMNS = (
 TASK_COLUMNS = (
     "id, flow_run_id, position, task_key, dynamic_key, kind, state_type, state_name, "
     "state_message, version, attempt, next_attempt_ms, retries_used, result_serializer, result, "
-    "result_id, created_ms, started_ms, ended_ms"
+    "result_id, created_ms, started_ms, ended_ms, upstream"
 )
 INSERT_STATE = "INSERT INTO states VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_TASK = (
     "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
-    "state_type, state_name, version, attempt, created_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 'Pending', 1, 1, ?)"
+    "state_type, state_name, version, attempt, created_ms, upstream) "
+    "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 'Pending', 1, 1, ?, ?)"
 )
 _TASK_RUNNING = (
     "UPDATE task_runs SET state_type = 'RUNNING', state_name = ?, state_message = '', "
@@ -47,8 +47,8 @@ _TASK_FINISHED = (
 _INSERT_FINISHED_TASK = (
     "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
     "state_type, state_name, state_message, version, attempt, result_serializer, result, "
-    "result_id, created_ms, started_ms, ended_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 3, 1, ?, ?, ?, ?, ?, ?)"
+    "result_id, created_ms, started_ms, ended_ms, upstream) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 3, 1, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_THREE_STATES = (
     "INSERT INTO states VALUES (?, 1, NULL, 'PENDING', 'Pending', ?, '', NULL), "
@@ -73,6 +73,16 @@ def new_id() -> str:
 def task_run_id(flow_run_id: str, position: int) -> str:
     """The id of the task run at a position of a flow run: the same on every execution."""
     return f"{flow_run_id}.{position:08d}"
+
+
+def moved_upstream(upstream: str | None, source_id: str, run_id: str) -> str | None:
+    """Upstream ids of a task run copied into a new run, pointing at the copies."""
+    if not upstream:
+        return upstream
+    prefix = source_id + "."
+    return " ".join(
+        run_id + "." + i[len(prefix) :] if i.startswith(prefix) else i for i in upstream.split()
+    )
 
 
 def move(
@@ -120,14 +130,23 @@ def move(
 
 
 def start_task(
-    flow_run_id: str, position: int, task_key: str, dynamic_key: int, kind: str, now: int
+    flow_run_id: str,
+    position: int,
+    task_key: str,
+    dynamic_key: int,
+    kind: str,
+    now: int,
+    upstream: str | None = None,
 ) -> TaskStart:
-    """A new task run, Pending then Running: the writes are in ``TaskStart.ops``."""
+    """A new task run, Pending then Running: the writes are in ``TaskStart.ops``.
+
+    ``upstream`` holds the ids of the task runs its inputs came from.
+    """
     task_id, fence = task_run_id(flow_run_id, position), flow_run_id
     ops = (
         Op(
             _INSERT_TASK,
-            (task_id, flow_run_id, position, task_key, dynamic_key, kind, now),
+            (task_id, flow_run_id, position, task_key, dynamic_key, kind, now, upstream),
             fence=fence,
         ),
         Op(INSERT_STATE, (task_id, 1, None, "PENDING", "Pending", now, "", None), fence=fence),
@@ -139,7 +158,9 @@ def start_task(
         ),
         Op(INSERT_STATE, (task_id, 2, "PENDING", "RUNNING", "Running", now, "", None), fence=fence),
     )
-    return TaskStart(task_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops)
+    return TaskStart(
+        task_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops, upstream=upstream
+    )
 
 
 def restart_task(task: TaskRun, message: str, now: int) -> tuple[list[Op], TaskStart]:
@@ -168,6 +189,7 @@ def restart_task(task: TaskRun, message: str, now: int) -> tuple[list[Op], TaskS
         (),
         task.attempt,
         task.retries_used if retrying else 0,
+        task.upstream,
     )
     return rerun_task(start, state, moves, message, now, "Retrying" if retrying else "Running")
 
@@ -273,6 +295,7 @@ def finish_task(
                     created,
                     created,
                     now,
+                    start.upstream,
                 ),
                 fence=fence,
             )

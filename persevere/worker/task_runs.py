@@ -65,21 +65,75 @@ def _settle(value: Any) -> Any:
 
 
 _UPSTREAM = (State, allow_failure, PersevereFuture)
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
+def _holds_upstream(value: Any) -> bool:
+    """True if a value is, or holds (in lists, tuples, sets, dicts), a future or State."""
+    if isinstance(value, _UPSTREAM):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_upstream(v) for v in value.values())
+    if isinstance(value, _CONTAINERS):
+        return any(_holds_upstream(v) for v in value)
+    return False
+
+
+def _resolved(value: Any) -> Any:
+    """A value with every future and State in it replaced by its result."""
+    if isinstance(value, _UPSTREAM):
+        return resolve(_settle(value))
+    if isinstance(value, dict):
+        return {k: _resolved(v) for k, v in value.items()}
+    if isinstance(value, PersevereFutureList):
+        return [_resolved(v) for v in value]
+    if isinstance(value, _CONTAINERS):
+        return type(value)(_resolved(v) for v in value)
+    return value
+
+
+def _upstream_ids(value: Any, found: dict[str, None]) -> None:
+    if isinstance(value, allow_failure):
+        value = value.value
+    if isinstance(value, PersevereFuture):
+        if value.task_run_id:
+            found[value.task_run_id] = None
+    elif isinstance(value, State):
+        if value.run_id:
+            found[value.run_id] = None
+    elif isinstance(value, dict):
+        for v in value.values():
+            _upstream_ids(v, found)
+    elif isinstance(value, _CONTAINERS):
+        for v in value:
+            _upstream_ids(v, found)
+
+
+def upstream_of(
+    args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
+) -> str | None:
+    """The ids of the task runs a call's inputs (and ``wait_for``) come from, for the journal."""
+    found: dict[str, None] = {}
+    for value in (*args, *kwargs.values(), *(wait_for or ())):
+        if _holds_upstream(value):
+            _upstream_ids(value, found)
+    return " ".join(found) or None
 
 
 def resolve_inputs(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Inputs as the task receives them: futures and States become their values.
+    """Inputs as the task receives them: futures and States become their values,
+    also inside lists, tuples, sets and dicts.
 
     A failed upstream raises its exception here (the task does not run),
     unless it is wrapped in ``allow_failure``.
     """
-    if not any(isinstance(a, _UPSTREAM) for a in (*args, *kwargs.values())):
+    if not any(_holds_upstream(a) for a in (*args, *kwargs.values())):
         return args, kwargs
     return (
-        tuple(resolve(_settle(a)) for a in args),
-        {k: resolve(_settle(v)) for k, v in kwargs.items()},
+        tuple(_resolved(a) for a in args),
+        {k: _resolved(v) for k, v in kwargs.items()},
     )
 
 
@@ -89,24 +143,32 @@ def run_task(
     kwargs: dict[str, Any],
     return_state: bool,
     identity: tuple[int, int] | None = None,
+    wait_for: list[Any] | None = None,
 ) -> Any:
     """Run one task call (the body of ``Task.__call__``).
 
     ``identity`` is the (position, dynamic key) a submitted call was given
-    when it was submitted; a direct call takes the next one now.
+    when it was submitted; a direct call takes the next one now. ``wait_for``
+    holds futures to wait for first (a failed one stops the call, unless
+    wrapped in ``allow_failure``).
     """
     ctx = flow_run_context.get()
     if ctx is None:  # outside a flow: a plain function call, nothing journaled
+        for prior in wait_for or ():
+            resolve(_settle(prior))
         args, kwargs = resolve_inputs(args, kwargs)
         value = task.fn(*args, **kwargs)
         return State(StateType.COMPLETED, "Completed", data=value) if return_state else value
     key = task.task_key
     position, dynamic_key = identity or ctx.allocate(key)
+    upstream = upstream_of(args, kwargs, wait_for)
+    for prior in wait_for or ():
+        resolve(_settle(prior))  # raises if it failed, unless allow_failure
     args, kwargs = resolve_inputs(args, kwargs)
     journal, flow_run_id = ctx.journal, ctx.run.id
     recorded = ctx.recorded.get(position) if ctx.recorded else None
     if recorded is None:
-        start = journal.start_task_run(flow_run_id, position, key, dynamic_key, "task")
+        start = journal.start_task_run(flow_run_id, position, key, dynamic_key, "task", upstream)
     else:
         check_recorded(ctx, position, recorded, key, "task")
         owed = ctx.owed.get(recorded.id)
@@ -284,15 +346,15 @@ def _state_of(
 ) -> State:
     """One submitted call, run to its final State (a failed upstream included)."""
     try:
-        for upstream in wait_for or ():
-            resolve(_settle(upstream))  # raises if it failed, unless allow_failure
-        state: State = run_task(task, args, kwargs, True, identity)
+        state: State = run_task(task, args, kwargs, True, identity, wait_for)
         return state
     except Exception as exc:
         return State(StateType.FAILED, "Failed", describe(exc), 0, None, exc)
 
 
-def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PersevereFutureList:
+def map_task(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
+) -> PersevereFutureList:
     """Submit one call per element of the iterable arguments (``unmapped`` ones repeat)."""
     iterables = {i: list(a) for i, a in enumerate(args) if _is_mapped(a)}
     named = {k: list(v) for k, v in kwargs.items() if _is_mapped(v)}
@@ -306,7 +368,7 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Persev
             iterables[i][n] if i in iterables else _plain(a) for i, a in enumerate(args)
         )
         call_kwargs = {k: named[k][n] if k in named else _plain(v) for k, v in kwargs.items()}
-        futures.append(submit_task(task, call_args, call_kwargs))
+        futures.append(submit_task(task, call_args, call_kwargs, wait_for))
     return futures
 
 
