@@ -12,6 +12,8 @@
 from .context import get_run_context, idempotency_key
 from .exceptions import (
     Abort,
+    ConcurrencyError,
+    ConcurrencySlotTimeout,
     InvalidTransition,
     LeaseLost,
     NonDeterminismError,
@@ -31,6 +33,7 @@ from .statemachine.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, TASK_SOURCE
 from .statemachine.retries import exponential_backoff
 from .tasks import Task, task
 from .worker import get_run_logger
+from .worker.concurrency import concurrency, rate_limit
 from .worker.futures import PersevereFuture, as_completed, wait
 from .worker.runners import TaskRunner, ThreadPoolTaskRunner
 from .worker.task_runs import unmapped
@@ -44,6 +47,8 @@ __all__ = [
     "TASK_SOURCE",
     "Abort",
     "CachePolicy",
+    "ConcurrencyError",
+    "ConcurrencySlotTimeout",
     "Flow",
     "InvalidTransition",
     "LeaseLost",
@@ -66,11 +71,13 @@ __all__ = [
     "__version__",
     "allow_failure",
     "as_completed",
+    "concurrency",
     "exponential_backoff",
     "flow",
     "get_run_context",
     "get_run_logger",
     "idempotency_key",
+    "rate_limit",
     "task",
     "unmapped",
     "wait",

@@ -148,3 +148,18 @@ class RunInterrupted(KeyboardInterrupt):
 
 class Abort(PersevereError):
     """Raise inside a task or flow to fail it at once, without retries."""
+
+
+class ConcurrencyError(PersevereError):
+    """A concurrency limit that cannot be used as asked (missing, too small, no decay)."""
+
+
+class ConcurrencySlotTimeout(PersevereError, TimeoutError):
+    """No concurrency slot was free within ``timeout_seconds``."""
+
+    def __init__(self, names: list[str], seconds: float, reason: str) -> None:
+        self.names = names
+        self.seconds = seconds
+        super().__init__(
+            f"no slot of {', '.join(repr(n) for n in names)} within {seconds:g} s ({reason})"
+        )

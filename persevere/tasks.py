@@ -36,11 +36,15 @@ class Task(RunOptions, Generic[P, R]):
     cache_expiration: datetime.timedelta | None = None
     refresh_cache: bool = False
     timeout_mode: str = "interrupt"
+    tags: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.timeout_mode not in ("interrupt", "process"):
             raise ValueError(f"timeout_mode={self.timeout_mode!r}; use 'interrupt' or 'process'")
+        if isinstance(self.tags, str) or not all(isinstance(t, str) and t for t in self.tags):
+            raise ValueError(f"tags={self.tags!r}; give a list of non-empty strings")
+        object.__setattr__(self, "tags", tuple(dict.fromkeys(self.tags)))
 
     @property
     def task_key(self) -> str:
@@ -96,6 +100,7 @@ def task(
     on_cancellation: Sequence[Hook] = (),
     timeout_seconds: float | None = None,
     timeout_mode: str = "interrupt",
+    tags: Sequence[str] = (),
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -121,6 +126,7 @@ def task(
     on_cancellation: Sequence[Hook] = (),
     timeout_seconds: float | None = None,
     timeout_mode: str = "interrupt",
+    tags: Sequence[str] = (),
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task: each call inside a flow is a journaled task run.
 
@@ -161,6 +167,11 @@ def task(
             in its thread); ``"process"`` runs the body in a child process
             that is killed with its process group at the deadline (its result
             must be picklable; Unix only).
+        tags: labels; a tag that names a concurrency limit (``persevere
+            concurrency-limit create TAG N``) lets at most N task runs with
+            that tag run at once, across every flow and process on the
+            database. The others wait, journaled AwaitingConcurrencySlot, and
+            are admitted in the order they asked.
     """
 
     def decorate(f: Callable[P, R]) -> Task[P, R]:
@@ -184,6 +195,7 @@ def task(
             on_cancellation=on_cancellation,
             timeout_seconds=timeout_seconds,
             timeout_mode=timeout_mode,
+            tags=tags,
         )
 
     return decorate(fn) if fn is not None else decorate

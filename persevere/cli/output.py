@@ -135,6 +135,13 @@ def result_of(journal: Journal, run: FlowRun) -> tuple[bool, Any]:
     return True, jsonable(from_json(data))
 
 
+def local_of(iso_text: str) -> str:
+    """An ISO timestamp from the JSON form, as local time for the table."""
+    import datetime as dt
+
+    return local(int(dt.datetime.fromisoformat(iso_text).timestamp() * 1000))
+
+
 def echo_table(rows: list[list[str]], headers: list[str]) -> None:
     """Print rows as aligned columns."""
     widths = [

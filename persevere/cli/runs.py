@@ -16,6 +16,7 @@ from .output import (
     echo_table,
     iso,
     local,
+    local_of,
     parameters_of,
     result_of,
     run_summary,
@@ -126,13 +127,6 @@ def show(ctx: click.Context, run_id: str, as_json: bool, as_dot: bool) -> None:
     )
     if has_result:
         click.echo(f"\nresult: {json.dumps(result)}")
-
-
-def local_of(iso_text: str) -> str:
-    """An ISO timestamp from the JSON form, as local time for the table."""
-    import datetime as dt
-
-    return local(int(dt.datetime.fromisoformat(iso_text).timestamp() * 1000))
 
 
 def _secs(value: float | None) -> str:

@@ -8,11 +8,7 @@ flusher within ``flush_seconds``); the docstrings say which.
 
 from __future__ import annotations
 
-import atexit
-import os
 import sqlite3
-import sys
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from .cache import Cache
 from .connection import configure, connect
 from .files import ResultFiles
 from .hooks import HooksDue
+from .limits import Limits
 from .records import (
     FlowRun,
     LogLine,
@@ -52,6 +49,7 @@ from .statements import (
     restart_task,
     start_task,
     task_run_id,
+    waiting_task,
 )
 from .writer import Op, Writer
 
@@ -80,6 +78,7 @@ class Journal:
         self.files = ResultFiles(path.with_name(path.name + ".results"))
         self.cache = Cache(self)
         self.hooks = HooksDue(self)
+        self.limits = Limits(self)
 
     # -- reading ------------------------------------------------------------
 
@@ -495,6 +494,23 @@ class Journal:
         self.writer.defer(*start.ops)
         return start
 
+    def await_slot(
+        self,
+        flow_run_id: str,
+        position: int,
+        task_key: str,
+        dynamic_key: int,
+        upstream: str | None,
+        message: str,
+    ) -> TaskRun:
+        """Journal a new task run as waiting for concurrency slots (durable); returns it."""
+        now = clock.now_ms()
+        ops = waiting_task(flow_run_id, position, task_key, dynamic_key, upstream, message, now)
+        self.writer.commit(ops)
+        task_id = task_run_id(flow_run_id, position)
+        rows = self.query(f"SELECT {TASK_COLUMNS} FROM task_runs WHERE id = ?", (task_id,))
+        return from_row(TaskRun, rows[0])
+
     def restart_task_run(self, task: TaskRun, message: str) -> TaskStart:
         """Run a recorded, unfinished task run again: back to Running (deferred)."""
         ops, start = restart_task(task, message, clock.now_ms())
@@ -566,41 +582,3 @@ class Journal:
         self.writer.close()
         with self.writer.lock:
             self._conn.close()
-
-
-_journals: dict[tuple[int, Path], Journal] = {}
-_journals_lock = threading.Lock()
-
-
-def _close_at_exit() -> None:
-    """Commit what is still deferred (the last log lines) when the process exits."""
-    for (pid, _), journal in list(_journals.items()):
-        if pid == os.getpid():
-            try:
-                journal.writer.close()
-            except Exception as exc:  # the process is ending: say it, don't raise
-                print(f"persevere: could not flush the journal at exit: {exc}", file=sys.stderr)
-
-
-atexit.register(_close_at_exit)
-
-
-def open_journal(path: Path | str | None = None, settings: Settings | None = None) -> Journal:
-    """This process's journal for a database file (the default one if no path)."""
-    settings = settings or Settings.from_env()
-    resolved = Path(path or settings.database).expanduser().absolute()
-    key = (os.getpid(), resolved)  # a forked child must not share its parent's connection
-    with _journals_lock:
-        journal = _journals.get(key)
-        if journal is None:
-            journal = Journal(resolved, settings)
-            _journals[key] = journal
-        return journal
-
-
-def close_all(paths: Iterable[Path] | None = None) -> None:
-    """Close the journals this process opened (all, or those for ``paths``)."""
-    with _journals_lock:
-        for key in list(_journals):
-            if paths is None or key[1] in set(paths):
-                _journals.pop(key).close()

@@ -143,18 +143,18 @@ def _v2(db: Any) -> None:
             PRIMARY KEY (name, holder)
         ) WITHOUT ROWID"""
     )
-    # Who waits for slots, in the order they asked (``ticket``), with the same
-    # liveness fields as a slot.
+    # Who waits for slots, in the order they asked (``ticket``, one per
+    # request, shared by the rows of its names), with the same liveness
+    # fields as a slot; ``seen_ms`` is refreshed by every attempt.
     db.execute(
         """CREATE TABLE concurrency_waiters (
-            ticket INTEGER PRIMARY KEY AUTOINCREMENT,
-            name TEXT NOT NULL, holder TEXT NOT NULL, occupy INTEGER NOT NULL,
-            flow_run_id TEXT, lease_token TEXT,
+            name TEXT NOT NULL, ticket INTEGER NOT NULL, holder TEXT NOT NULL,
+            occupy INTEGER NOT NULL, flow_run_id TEXT, lease_token TEXT,
             owner_host TEXT NOT NULL, owner_pid INTEGER NOT NULL, owner_started TEXT NOT NULL,
-            since_ms INTEGER NOT NULL, seen_ms INTEGER NOT NULL
-        )"""
+            since_ms INTEGER NOT NULL, seen_ms INTEGER NOT NULL,
+            PRIMARY KEY (name, ticket)
+        ) WITHOUT ROWID"""
     )
-    db.execute("CREATE INDEX concurrency_waiters_name ON concurrency_waiters (name, ticket)")
 
 
 #: Migration n brings a database from version n-1 to version n.

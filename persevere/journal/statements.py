@@ -34,6 +34,12 @@ _INSERT_TASK = (
     "state_type, state_name, version, attempt, created_ms, upstream) "
     "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 'Pending', 1, 1, ?, ?)"
 )
+# A task run that must wait for concurrency slots before its first attempt.
+_INSERT_WAITING_TASK = (
+    "INSERT INTO task_runs (id, flow_run_id, position, task_key, dynamic_key, kind, "
+    "state_type, state_name, version, attempt, created_ms, upstream) "
+    "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', 'Pending', 1, 0, ?, ?)"
+)
 _TASK_RUNNING = (
     "UPDATE task_runs SET state_type = 'RUNNING', state_name = ?, state_message = '', "
     "version = ?, attempt = ?, retries_used = ?, started_ms = ?, ended_ms = NULL "
@@ -161,6 +167,39 @@ def start_task(
     return TaskStart(
         task_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops, upstream=upstream
     )
+
+
+def waiting_task(
+    flow_run_id: str,
+    position: int,
+    task_key: str,
+    dynamic_key: int,
+    upstream: str | None,
+    message: str,
+    now: int,
+) -> list[Op]:
+    """A new task run that waits for concurrency slots: Pending -> AwaitingConcurrencySlot.
+
+    Its attempt count is 0: the attempt starts once it is admitted.
+    """
+    task_id, fence = task_run_id(flow_run_id, position), flow_run_id
+    insert = (task_id, flow_run_id, position, task_key, dynamic_key, "task", now, upstream)
+    return [
+        Op(_INSERT_WAITING_TASK, insert, fence=fence),
+        Op(INSERT_STATE, (task_id, 1, None, "PENDING", "Pending", now, "", None), fence=fence),
+        *move(
+            "task_runs",
+            task_id,
+            StateType.PENDING,
+            1,
+            StateType.SCHEDULED,
+            "AwaitingConcurrencySlot",
+            message,
+            now,
+            None,
+            fence,
+        ),
+    ]
 
 
 def restart_task(task: TaskRun, message: str, now: int) -> tuple[list[Op], TaskStart]:

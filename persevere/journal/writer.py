@@ -30,12 +30,14 @@ from __future__ import annotations
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import clock
 from ..exceptions import LeaseLost, VersionConflict
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,25 @@ class Writer:
         for op in mine.ops:
             if op.fence is not None and op.fence in self._lost:
                 raise LeaseLost(op.fence)
+
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction of its own; commit on return.
+
+        For a read-decide-write that must be atomic across processes (taking
+        a concurrency slot). Deferred writes are left queued: they do not
+        depend on what ``work`` writes.
+        """
+        with self.lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
 
     def _commit_group(self, group: list[_Waiter]) -> None:
         """Commit the queued callers' writes (with what is deferred), together if possible."""

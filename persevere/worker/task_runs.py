@@ -23,6 +23,7 @@ from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart, task_run_id
 from ..statemachine import State, StateType, allow_failure, resolve
 from ..statemachine.retries import next_attempt_ms
 from . import caching, hooks
+from .concurrency import Slots, admit_task
 from .futures import PersevereFuture, PersevereFutureList
 from .logs import get_run_logger
 from .timeouts import call_with_timeout
@@ -167,9 +168,7 @@ def run_task(
     args, kwargs = resolve_inputs(args, kwargs)
     journal, flow_run_id = ctx.journal, ctx.run.id
     recorded = ctx.recorded.get(position) if ctx.recorded else None
-    if recorded is None:
-        start = journal.start_task_run(flow_run_id, position, key, dynamic_key, "task", upstream)
-    else:
+    if recorded is not None:
         check_recorded(ctx, position, recorded, key, "task")
         owed = ctx.owed.get(recorded.id)
         if owed:  # hooks an earlier execution owed for this task run
@@ -183,7 +182,35 @@ def run_task(
             return state if return_state else state.data
         if recorded.next_attempt_ms and recorded.state_name == "AwaitingRetry":
             sleep_until(recorded.next_attempt_ms)  # only what is left of the delay
-        start = journal.restart_task_run(recorded, "run again after the flow run resumed")
+    slots = None
+    if task.tags:  # concurrency limits: wait for a slot of each limited tag
+        slots, recorded = admit_task(ctx, key, task.tags, position, dynamic_key, recorded, upstream)
+    try:
+        if recorded is None:
+            start = journal.start_task_run(
+                flow_run_id, position, key, dynamic_key, "task", upstream
+            )
+        elif recorded.state_name == "AwaitingConcurrencySlot":
+            start = journal.restart_task_run(recorded, "admitted: a concurrency slot is free")
+        else:
+            start = journal.restart_task_run(recorded, "run again after the flow run resumed")
+        return _attempts(ctx, task, start, args, kwargs, return_state, slots)
+    finally:
+        if slots is not None:
+            slots.release()
+
+
+def _attempts(
+    ctx: FlowRunContext,
+    task: Any,
+    start: TaskStart,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    slots: Slots | None,
+) -> Any:
+    """Run a started task run's body until it completes, or fails with no retry left."""
+    journal, key, dynamic_key = ctx.journal, start.task_key, start.dynamic_key
     cache_key = caching.key_for(task, ctx, start, args, kwargs)
     hit = caching.lookup(ctx, task, cache_key)
     if hit is not None:
@@ -196,7 +223,7 @@ def run_task(
         if task.on_running:
             _running(journal, task, start)
         token = task_run_context.set(
-            TaskRunContext(flow_run_id, start.id, key, dynamic_key, start.attempt)
+            TaskRunContext(start.flow_run_id, start.id, key, dynamic_key, start.attempt)
         )
         timeout = None
         try:
@@ -221,7 +248,11 @@ def run_task(
                 raise
             start = journal.await_retry(start, wake, describe(exc))
             _log_retry(task, start, exc, wake)
+            if slots is not None:  # nobody waits for a slot while this one waits to retry
+                slots.release()
             sleep_until(wake)
+            if slots is not None:
+                slots.take_again()
             start = journal.retry_task_run(start)
             continue
         except BaseException as exc:
