@@ -219,6 +219,13 @@ class Limits:
         ``ticket`` (a new one on its first attempt).
         """
 
+        limited = self._journal.query(
+            f"SELECT 1 FROM concurrency_limits WHERE name IN ({_marks(names)}) LIMIT 1",
+            tuple(names),
+        )
+        if not limited and ticket is None:  # the common case: no write transaction
+            return Attempt(True, None, {}, [])
+
         def work(conn: sqlite3.Connection, ticket: int | None = ticket) -> Attempt:
             rows = conn.execute(
                 f"SELECT * FROM concurrency_limits WHERE name IN ({_marks(names)})", tuple(names)
