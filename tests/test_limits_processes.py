@@ -75,6 +75,7 @@ def test_a_limit_of_two_holds_across_three_flow_processes(db: Path) -> None:
 def test_a_holder_killed_with_sigkill_does_not_keep_its_slot(db: Path) -> None:
     assert run_cli(db, "concurrency-limit", "create", "db", "1").returncode == 0
     holder = start_flow(db, "n=1", "seconds=120")
+    waiter = None
     try:
         wait_for(lambda: len(inspect(db)["holders"]) == 1, timeout=30)
         [held] = inspect(db)["holders"]
@@ -88,9 +89,10 @@ def test_a_holder_killed_with_sigkill_does_not_keep_its_slot(db: Path) -> None:
         assert waiter.returncode == 0, err
         assert json.loads(out) == 0 + 1
     finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.communicate()
+        for proc in (holder, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     shown = inspect(db)
     assert shown["holders"] == [] and shown["active_slots"] == 0
     states = {r["state_name"] for r in json.loads(run_cli(db, "runs", "ls", "--json").stdout)}
