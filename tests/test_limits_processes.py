@@ -50,9 +50,15 @@ def most_at_once(intervals: list[tuple[int, int]]) -> int:
 def test_a_limit_of_two_holds_across_three_flow_processes(db: Path) -> None:
     assert run_cli(db, "concurrency-limit", "create", "db", "2").returncode == 0
     procs = [start_flow(db, f"n={n}", "seconds=0.2") for n in (7, 7, 6)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=90)
-        assert proc.returncode == 0, err
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=90)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     journal = open_journal(db)
     runs = journal.list_flow_runs()
     tasks = [t for r in runs for t in journal.task_runs(r.id)]
