@@ -120,9 +120,9 @@ def acquire(
                 ticket = None
                 held = Slots(journal, list(names), sorted(attempt.limits), claimant, occupy)
                 return held, attempt.limits
-            if ticket is None and on_wait is not None:
+            first_wait, ticket = ticket is None, attempt.ticket
+            if first_wait and on_wait is not None:
                 on_wait(attempt.reason)
-            ticket = attempt.ticket
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise ConcurrencySlotTimeout(list(names), timeout_seconds or 0, attempt.reason)
