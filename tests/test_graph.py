@@ -11,7 +11,7 @@ from persevere.journal import Journal, close_all, open_journal
 from persevere.journal.schema import SCHEMA_VERSION
 
 from .conftest import FLOWS, run_cli
-from .flows.graph import diamond
+from .flows.graph import diamond, number
 
 
 @task
@@ -122,3 +122,26 @@ def test_a_version_1_database_is_migrated_keeping_its_runs(tmp_path: Path) -> No
     [old] = journal.task_runs("r1")
     assert old.task_key == "t" and old.upstream_ids == []
     assert journal.query("SELECT count(*) FROM concurrency_limits")[0][0] == 0
+
+
+def test_futures_inside_containers_are_resolved_and_other_containers_kept(
+    journal: Journal,
+) -> None:
+    import collections
+
+    Point = collections.namedtuple("Point", "x y")
+    plain = collections.OrderedDict(k=1)
+
+    @task
+    def echo(*values: object) -> list[object]:
+        return [[type(v).__name__, list(v) if isinstance(v, tuple) else sorted(v)] for v in values]
+
+    @flow
+    def shapes() -> list[object]:
+        a = number.submit(1)
+        return echo(Point(1, 2), Point(a, 3), (a, 2), {a}, plain)
+
+    assert shapes() == [
+        ["Point", [1, 2]], ["Point", [1, 3]], ["tuple", [1, 2]], ["set", [1]],
+        ["OrderedDict", ["k"]],
+    ]  # fmt: skip

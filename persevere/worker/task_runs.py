@@ -81,16 +81,22 @@ def _holds_upstream(value: Any) -> bool:
 
 
 def _resolved(value: Any) -> Any:
-    """A value with every future and State in it replaced by its result."""
+    """A value with every future and State in it replaced by its result.
+
+    A container that holds none is passed on as it is (the same object).
+    """
     if isinstance(value, _UPSTREAM):
         return resolve(_settle(value))
+    if not isinstance(value, _CONTAINERS) or not _holds_upstream(value):
+        return value
     if isinstance(value, dict):
         return {k: _resolved(v) for k, v in value.items()}
     if isinstance(value, PersevereFutureList):
         return [_resolved(v) for v in value]
-    if isinstance(value, _CONTAINERS):
-        return type(value)(_resolved(v) for v in value)
-    return value
+    items = [_resolved(v) for v in value]
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*items)
+    return type(value)(items)
 
 
 def _upstream_ids(value: Any, found: dict[str, None]) -> None:
