@@ -1,24 +1,112 @@
 """Task runners: where the bodies of submitted tasks run.
 
-One interface: a runner is a configuration (``ThreadPoolTaskRunner(max_workers=8)``)
-that a flow run opens into an executor with :meth:`TaskRunner.start`; the
-engine hands it callables that each run one task call and return its State.
-The journal always stays with the flow's process: the engine, not the runner,
-writes every transition.
+Design note. The engine of a task call (replay, journal writes, retries,
+hooks) always runs on a thread of the flow's process, which alone holds the
+journal; only the *body* (``task.fn(*args, **kwargs)`` with its timeout) may
+run elsewhere. So a runner is a configuration that a flow run opens, with
+:meth:`TaskRunner.start`, into an executor of *engine threads*; each engine
+thread, when it reaches a task's body, hands it to :func:`run_body`:
+
+- ``ThreadPoolTaskRunner``: a plain thread pool; the body runs inline on the
+  engine thread (nothing added on the hot path);
+- ``ProcessPoolTaskRunner`` and ``DaskTaskRunner``: a :class:`RunnerExecutor`
+  whose engine threads carry the runner's *bodies* backend, which ships the
+  body to a worker process or a Dask cluster and returns its value or raises
+  its exception (see ``remote``, ``process_pool``, ``dask_bodies``).
+
+Direct (not submitted) task calls run inline in the flow's thread whatever
+the runner. Shutting an executor down closes its backend: with ``wait``, after
+every call has ended; without, queued calls are cancelled and running bodies
+abandoned (killed processes, cancelled Dask futures).
+
+Rejected: submitting the whole engine to a process pool (the journal would
+need a writer per process, which SQLite serialises and starves), and one
+executor interface with a ``run_body`` method on every runner (the thread
+runner would pay a call and a lookup per task for nothing).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..exceptions import RunTimeout
+from .timeouts import call_with_timeout
+
+
+class Bodies(Protocol):
+    """Where a remote runner runs task bodies, for one flow run."""
+
+    def run(
+        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: RunTimeout | None
+    ) -> Any:
+        """Run the body; its value, or raise its exception (``timeout`` if it timed out)."""
+
+    def close(self, abort: bool) -> None:
+        """Release the workers; with ``abort``, stop queued and running bodies first."""
+
+
+_engine_thread = threading.local()
+
+
+def run_body(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: RunTimeout | None
+) -> Any:
+    """Run a task call's body where its runner says; its value, or raise its exception.
+
+    ``timeout`` is the task's own deadline error (None without one): raised
+    as this very object when the deadline passes, so the engine can tell it
+    from an enclosing (the flow's) deadline.
+    """
+    bodies: Bodies | None = getattr(_engine_thread, "bodies", None)
+    if bodies is None:  # the flow's thread, or a thread runner's engine thread
+        if timeout is None:
+            return task.fn(*args, **kwargs)
+        return call_with_timeout(
+            task.fn, args, kwargs, task.timeout_seconds, task.timeout_mode, timeout
+        )
+    return bodies.run(task, args, kwargs, timeout)
+
+
+def _serve_bodies_from(bodies: Bodies) -> None:
+    _engine_thread.bodies = bodies
+
+
+class RunnerExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The engine threads of one flow run, whose task bodies go to a :class:`Bodies`."""
+
+    def __init__(self, bodies: Bodies, engines: int) -> None:
+        super().__init__(
+            max_workers=engines,
+            thread_name_prefix="persevere-engine",
+            initializer=_serve_bodies_from,
+            initargs=(bodies,),
+        )
+        self.bodies = bodies
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """End the flow run's calls (see the module note), then close the backend."""
+        if wait:
+            super().shutdown(wait=True, cancel_futures=cancel_futures)
+            self.bodies.close(abort=False)
+        else:
+            super().shutdown(wait=False, cancel_futures=cancel_futures)
+            self.bodies.close(abort=True)
 
 
 class TaskRunner:
     """Where submitted task calls run. Subclasses implement :meth:`start`."""
 
     def start(self) -> concurrent.futures.Executor:
-        """An executor for one flow run; the engine shuts it down when the run ends."""
+        """An executor of engine threads for one flow run; shut down when the run ends."""
         raise NotImplementedError
+
+
+def _check_workers(max_workers: int | None) -> None:
+    if max_workers is not None and max_workers < 1:
+        raise ValueError(f"max_workers={max_workers!r} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -32,11 +120,10 @@ class ThreadPoolTaskRunner(TaskRunner):
     max_workers: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_workers is not None and self.max_workers < 1:
-            raise ValueError(f"max_workers={self.max_workers!r} must be at least 1")
+        _check_workers(self.max_workers)
 
     def start(self) -> concurrent.futures.Executor:
-        """A thread pool for one flow run."""
+        """A thread pool for one flow run; bodies run on its threads."""
         return concurrent.futures.ThreadPoolExecutor(
             max_workers=self.max_workers, thread_name_prefix="persevere-task"
         )
