@@ -28,6 +28,7 @@ runner would pay a call and a lookup per task for nothing).
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -127,3 +128,36 @@ class ThreadPoolTaskRunner(TaskRunner):
         return concurrent.futures.ThreadPoolExecutor(
             max_workers=self.max_workers, thread_name_prefix="persevere-task"
         )
+
+
+@dataclass(frozen=True)
+class ProcessPoolTaskRunner(TaskRunner):
+    """Run the bodies of submitted tasks in worker processes (CPU-bound work).
+
+    Up to ``max_workers`` (default: the number of CPUs) processes, started
+    with ``start_method`` (``"spawn"``, or ``"forkserver"`` on Unix; never
+    ``"fork"``) when first needed and stopped when the flow run ends. The
+    function, its arguments and its result are pickled with cloudpickle. The
+    journal stays in the flow's process: log lines a body writes are sent
+    back and journaled there. A process that dies fails only the call it was
+    running (``TaskProcessDied``; retries apply). A script that runs such a
+    flow needs ``if __name__ == "__main__":``, as any multiprocessing program.
+    """
+
+    max_workers: int | None = None
+    start_method: str = "spawn"
+
+    def __post_init__(self) -> None:
+        _check_workers(self.max_workers)
+        if self.start_method not in ("spawn", "forkserver"):
+            raise ValueError(
+                f"start_method={self.start_method!r}; use 'spawn' or 'forkserver' "
+                "(a forked child would inherit the journal's threads and their locks)"
+            )
+
+    def start(self) -> concurrent.futures.Executor:
+        """Engine threads for one flow run, each with a worker process when it needs one."""
+        from .process_pool import BodyProcesses  # deferred: multiprocessing, cloudpickle
+
+        workers = self.max_workers or os.cpu_count() or 1
+        return RunnerExecutor(BodyProcesses(self.start_method), workers)
