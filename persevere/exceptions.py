@@ -9,6 +9,7 @@ it concerns as attributes. Signals that user code must not swallow with
 from __future__ import annotations
 
 import signal
+from concurrent.futures import CancelledError
 
 
 class PersevereError(Exception):
@@ -135,6 +136,18 @@ class RunTimeout(PersevereError, TimeoutError):
     def __init__(self, what: str, seconds: float) -> None:
         self.seconds = seconds
         super().__init__(f"{what} timed out after {seconds:g} s")
+
+
+class TaskRunCancelled(PersevereError, CancelledError):
+    """A submitted task call was cancelled before it started; it has no result."""
+
+    def __init__(self, task_name: str, task_run_id: str | None) -> None:
+        self.task_name = task_name
+        self.task_run_id = task_run_id
+        super().__init__(f"task {task_name!r} was cancelled before it started, so it has no result")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        return (type(self), (self.task_name, self.task_run_id))
 
 
 class TaskProcessDied(PersevereError):
