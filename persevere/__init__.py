@@ -17,6 +17,7 @@ from .exceptions import (
     NonDeterminismError,
     ParameterError,
     PersevereError,
+    RemoteTaskError,
     RunInterrupted,
     RunKeyConflict,
     RunNotFound,
@@ -24,6 +25,8 @@ from .exceptions import (
     RunTimeout,
     SchemaTooNew,
     SerializationError,
+    TaskProcessDied,
+    TaskRunCancelled,
 )
 from .flows import Flow, flow
 from .statemachine import State, StateType, allow_failure
@@ -32,7 +35,12 @@ from .statemachine.retries import exponential_backoff
 from .tasks import Task, task
 from .worker import get_run_logger
 from .worker.futures import PersevereFuture, as_completed, wait
-from .worker.runners import TaskRunner, ThreadPoolTaskRunner
+from .worker.runners import (
+    DaskTaskRunner,
+    ProcessPoolTaskRunner,
+    TaskRunner,
+    ThreadPoolTaskRunner,
+)
 from .worker.task_runs import unmapped
 
 __version__ = "0.1.0"
@@ -44,6 +52,7 @@ __all__ = [
     "TASK_SOURCE",
     "Abort",
     "CachePolicy",
+    "DaskTaskRunner",
     "Flow",
     "InvalidTransition",
     "LeaseLost",
@@ -51,6 +60,8 @@ __all__ = [
     "ParameterError",
     "PersevereError",
     "PersevereFuture",
+    "ProcessPoolTaskRunner",
+    "RemoteTaskError",
     "RunInterrupted",
     "RunKeyConflict",
     "RunNotFound",
@@ -61,6 +72,8 @@ __all__ = [
     "State",
     "StateType",
     "Task",
+    "TaskProcessDied",
+    "TaskRunCancelled",
     "TaskRunner",
     "ThreadPoolTaskRunner",
     "__version__",
