@@ -295,6 +295,15 @@ def test_a_failing_flow_cancels_calls_not_started(
     assert {t.task_key for t in journal.task_runs(run.id)} == {"hold"}
 
 
+def _alive(pid: int) -> bool:
+    """True if the process runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def _scheduler_is_empty(dask_scheduler: Any) -> bool:
     return not dask_scheduler.tasks
 
@@ -331,7 +340,7 @@ def test_stopping_a_flow_abandons_its_running_bodies(
         assert {t.task_key for t in journal.task_runs(run.id)} == {"hold"}
         if kind == "process":  # the worker processes were killed
             pids = {int(name.name.split("-")[0]) for name in told.iterdir()}
-            wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids))
+            wait_for(lambda: not any(_alive(pid) for pid in pids))
         else:  # the cluster holds nothing of the flow any more: cancelled, released
             distributed = pytest.importorskip("distributed")
             address = request.getfixturevalue("dask_address")
@@ -435,6 +444,8 @@ def test_a_killed_flow_resumes_replaying_what_completed(
         assert key == f"{run['id']}:square:{i}"
     if kind != "thread":
         assert all(int(pid) != proc.pid for _, _, pid in first)  # bodies ran elsewhere
+    if kind == "process":  # the flow's worker processes left when it was killed
+        wait_for(lambda: not any(_alive(int(pid)) for _, _, pid in first))
     shown = json.loads(run_cli(db, "runs", "show", run["id"], "--json").stdout)
     assert [(t["position"], t["dynamic_key"]) for t in shown["task_runs"]] == [
         (i, i) for i in range(n)
