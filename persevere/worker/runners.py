@@ -50,7 +50,13 @@ class Bodies(Protocol):
         """Release the workers; with ``abort``, stop queued and running bodies first."""
 
 
-_engine_thread = threading.local()
+class _EngineThread(threading.local):
+    """What an engine thread of a remote runner knows: where its bodies go."""
+
+    bodies: Bodies | None = None  # a class default: no AttributeError on the hot path
+
+
+_engine_thread = _EngineThread()
 
 
 def run_body(
@@ -62,7 +68,7 @@ def run_body(
     as this very object when the deadline passes, so the engine can tell it
     from an enclosing (the flow's) deadline.
     """
-    bodies: Bodies | None = getattr(_engine_thread, "bodies", None)
+    bodies = _engine_thread.bodies
     if bodies is None:  # the flow's thread, or a thread runner's engine thread
         if timeout is None:
             return task.fn(*args, **kwargs)
