@@ -32,22 +32,33 @@ import importlib.util
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ..exceptions import MissingDependency, RunTimeout
 from .timeouts import call_with_timeout
 
+if TYPE_CHECKING:  # an interface only: nothing to build at import time
+    from collections.abc import Callable
+    from typing import Protocol
 
-class Bodies(Protocol):
-    """Where a remote runner runs task bodies, for one flow run."""
+    class Bodies(Protocol):
+        """Where a remote runner runs task bodies, for one flow run."""
 
-    def run(
-        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: RunTimeout | None
-    ) -> Any:
-        """Run the body; its value, or raise its exception (``timeout`` if it timed out)."""
+        def run(
+            self,
+            task: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            timeout: RunTimeout | None,
+        ) -> Any:
+            """Run the body; its value, or raise its exception (``timeout`` if it timed out)."""
 
-    def close(self, abort: bool) -> None:
-        """Release the workers; with ``abort``, stop queued and running bodies first."""
+        def close(self, abort: bool) -> None:
+            """Release the workers; with ``abort``, stop queued and running bodies first."""
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class _EngineThread(threading.local):
@@ -82,26 +93,32 @@ def _serve_bodies_from(bodies: Bodies) -> None:
     _engine_thread.bodies = bodies
 
 
-class RunnerExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The engine threads of one flow run, whose task bodies go to a :class:`Bodies`."""
+class RunnerExecutor(concurrent.futures.Executor):
+    """The engine threads of one flow run, whose task bodies go to a :class:`Bodies`.
+
+    It wraps a thread pool rather than subclassing it, so that importing
+    persevere does not import the thread pool's module.
+    """
 
     def __init__(self, bodies: Bodies, engines: int) -> None:
-        super().__init__(
+        self.bodies = bodies
+        self._engines = concurrent.futures.ThreadPoolExecutor(
             max_workers=engines,
             thread_name_prefix="persevere-engine",
             initializer=_serve_bodies_from,
             initargs=(bodies,),
         )
-        self.bodies = bodies
+
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        """Run an engine call on one of the engine threads."""
+        return self._engines.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """End the flow run's calls (see the module note), then close the backend."""
-        if wait:
-            super().shutdown(wait=True, cancel_futures=cancel_futures)
-            self.bodies.close(abort=False)
-        else:
-            super().shutdown(wait=False, cancel_futures=cancel_futures)
-            self.bodies.close(abort=True)
+        self._engines.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self.bodies.close(abort=not wait)
 
 
 class TaskRunner:
