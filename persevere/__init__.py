@@ -19,6 +19,7 @@ from .exceptions import (
     NonDeterminismError,
     ParameterError,
     PersevereError,
+    RemoteTaskError,
     RunInterrupted,
     RunKeyConflict,
     RunNotFound,
@@ -26,6 +27,8 @@ from .exceptions import (
     RunTimeout,
     SchemaTooNew,
     SerializationError,
+    TaskProcessDied,
+    TaskRunCancelled,
 )
 from .flows import Flow, flow
 from .statemachine import State, StateType, allow_failure
@@ -35,7 +38,12 @@ from .tasks import Task, task
 from .worker import get_run_logger
 from .worker.concurrency import concurrency, rate_limit
 from .worker.futures import PersevereFuture, as_completed, wait
-from .worker.runners import TaskRunner, ThreadPoolTaskRunner
+from .worker.runners import (
+    DaskTaskRunner,
+    ProcessPoolTaskRunner,
+    TaskRunner,
+    ThreadPoolTaskRunner,
+)
 from .worker.task_runs import unmapped
 
 __version__ = "0.1.0"
@@ -49,6 +57,7 @@ __all__ = [
     "CachePolicy",
     "ConcurrencyError",
     "ConcurrencySlotTimeout",
+    "DaskTaskRunner",
     "Flow",
     "InvalidTransition",
     "LeaseLost",
@@ -56,6 +65,8 @@ __all__ = [
     "ParameterError",
     "PersevereError",
     "PersevereFuture",
+    "ProcessPoolTaskRunner",
+    "RemoteTaskError",
     "RunInterrupted",
     "RunKeyConflict",
     "RunNotFound",
@@ -66,6 +77,8 @@ __all__ = [
     "State",
     "StateType",
     "Task",
+    "TaskProcessDied",
+    "TaskRunCancelled",
     "TaskRunner",
     "ThreadPoolTaskRunner",
     "__version__",

@@ -41,11 +41,15 @@ class FlowRunContext:
                 self.executor = runner.start()
             return self.executor
 
-    def drain(self, wait: bool = True) -> None:
-        """Let every submitted task call end (or, with ``wait=False``, cancel queued ones)."""
+    def drain(self, wait: bool = True, cancel: bool | None = None) -> None:
+        """Let every submitted task call end, then close the task runner.
+
+        ``cancel``: cancel the calls that have not started (default: when not
+        waiting). Without ``wait``, running bodies are abandoned.
+        """
         if self.executor is None:
             return
-        self.executor.shutdown(wait=wait, cancel_futures=not wait)
+        self.executor.shutdown(wait=wait, cancel_futures=not wait if cancel is None else cancel)
 
     @property
     def flow_run_id(self) -> str:

@@ -8,6 +8,9 @@ it concerns as attributes. Signals that user code must not swallow with
 
 from __future__ import annotations
 
+import signal
+from concurrent.futures import CancelledError
+
 
 class PersevereError(Exception):
     """Root of every error persevere raises on purpose."""
@@ -133,6 +136,88 @@ class RunTimeout(PersevereError, TimeoutError):
     def __init__(self, what: str, seconds: float) -> None:
         self.seconds = seconds
         super().__init__(f"{what} timed out after {seconds:g} s")
+
+
+class TaskRunCancelled(PersevereError, CancelledError):
+    """A submitted task call was cancelled before it started; it has no result."""
+
+    def __init__(self, task_name: str, task_run_id: str | None) -> None:
+        self.task_name = task_name
+        self.task_run_id = task_run_id
+        super().__init__(f"task {task_name!r} was cancelled before it started, so it has no result")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        return (type(self), (self.task_name, self.task_run_id))
+
+
+class TaskProcessDied(PersevereError):
+    """The process running a task's body died (killed, out of memory) before it answered."""
+
+    def __init__(self, task_name: str, pid: int | None, exitcode: int | None) -> None:
+        self.task_name = task_name
+        self.pid = pid
+        self.exitcode = exitcode
+        if exitcode is not None and exitcode < 0:
+            how = f"was killed by {_signal_name(-exitcode)}"
+            if exitcode == -signal.SIGKILL:
+                how += " (out of memory?)"
+        else:
+            how = f"exited with code {exitcode} (see its stderr)" if exitcode else "went away"
+        super().__init__(
+            f"the process running task {task_name!r} (pid {pid}) {how} before the body "
+            "returned; the attempt failed, and a retry runs in a new process"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None, int | None]]:
+        return (type(self), (self.task_name, self.pid, self.exitcode))
+
+
+class RemoteTaskError(PersevereError):
+    """A task body run in another process raised an exception that could not be sent back."""
+
+    def __init__(self, task_name: str, type_name: str, message: str) -> None:
+        self.task_name = task_name
+        self.type_name = type_name
+        self.message = message
+        super().__init__(
+            f"task {task_name!r} raised {type_name}: {message} "
+            "(the exception itself could not be pickled back from the worker)"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.task_name, self.type_name, self.message))
+
+
+class MissingDependency(PersevereError, ImportError):
+    """An optional feature whose extra is not installed."""
+
+    def __init__(self, feature: str, missing: str, extra: str) -> None:
+        self.missing = missing
+        super().__init__(
+            f"{feature} needs {missing}, which is not installed: pip install 'persevere[{extra}]'"
+        )
+
+
+class TaskRunnerClosed(BaseException):
+    """The task runner was shut down under a task body (its flow run is ending).
+
+    A ``BaseException``: the call is journaled Crashed and not retried; a
+    resume runs it again.
+    """
+
+    def __init__(self, task_name: str) -> None:
+        self.task_name = task_name
+        super().__init__(
+            f"the task runner was shut down before task {task_name!r} finished "
+            "(its flow run ended); resume the run to run it again"
+        )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -11,6 +11,10 @@ from typing import Any
 
 from ..exceptions import EntrypointError
 
+#: Names of the modules loaded here from a file path: a worker process or a
+#: Dask worker cannot import them by name, so task runners ship them by value.
+loaded_from_files: set[str] = set()
+
 
 def _import_file(path: Path) -> Any:
     if not path.is_file():
@@ -34,6 +38,7 @@ def _import_file(path: Path) -> Any:
     except Exception as exc:
         del sys.modules[name]
         raise EntrypointError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    loaded_from_files.add(name)
     return module
 
 

@@ -221,7 +221,9 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
                     flow.fn, bound.args, bound.kwargs, flow.timeout_seconds, "interrupt", timeout
                 )
         except Exception:
-            ctx.drain(wait=True)  # no task of this run may still write after its end
+            # Calls not started are cancelled; no task of this run may still
+            # write after its end, so running ones are waited for.
+            ctx.drain(wait=True, cancel=True)
             raise
         except BaseException:
             ctx.drain(wait=False)

@@ -6,6 +6,7 @@ import concurrent.futures
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..exceptions import TaskRunCancelled
 from ..statemachine import State, StateType
 
 
@@ -28,17 +29,39 @@ class PersevereFuture:
         """Wait until the task run has ended (or ``timeout`` seconds)."""
         concurrent.futures.wait([self._inner], timeout=timeout)
 
+    def cancel(self) -> bool:
+        """Cancel the call if it has not started yet; True if it is cancelled.
+
+        A cancelled call never runs and is not journaled; its state is
+        Cancelled and ``.result()`` raises ``TaskRunCancelled``. A call that
+        is running or done cannot be cancelled (False), as with
+        ``concurrent.futures``.
+        """
+        return self._inner.cancel()
+
+    def cancelled(self) -> bool:
+        """True if the call was cancelled before it started."""
+        return self._inner.cancelled()
+
     @property
     def state(self) -> State:
         """The final State if the call has ended, else Pending."""
+        if self._inner.cancelled():
+            return self._cancelled()
         if self._inner.done():
             return self._inner.result()
         return State(StateType.PENDING, "Pending", run_id=self.task_run_id)
+
+    def _cancelled(self) -> State:
+        error = TaskRunCancelled(self.task_name, self.task_run_id)
+        return State(StateType.CANCELLED, "Cancelled", str(error), 0, self.task_run_id, error)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         """The task's value; raises its exception if it failed (unless told not to)."""
         try:
             state = self._inner.result(timeout=timeout)
+        except concurrent.futures.CancelledError:
+            state = self._cancelled()
         except concurrent.futures.TimeoutError:
             raise TimeoutError(
                 f"task {self.task_name!r} did not finish within {timeout} s"

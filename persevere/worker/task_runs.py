@@ -26,7 +26,7 @@ from . import caching, hooks
 from .concurrency import Slots, admit_task
 from .futures import PersevereFuture, PersevereFutureList
 from .logs import get_run_logger
-from .timeouts import call_with_timeout
+from .runners import run_body
 
 
 def describe(exc: BaseException) -> str:
@@ -233,13 +233,9 @@ def _attempts(
         )
         timeout = None
         try:
-            if task.timeout_seconds is None:
-                value = task.fn(*args, **kwargs)
-            else:
+            if task.timeout_seconds is not None:
                 timeout = RunTimeout(f"task {task.name!r}", task.timeout_seconds)
-                value = call_with_timeout(
-                    task.fn, args, kwargs, task.timeout_seconds, task.timeout_mode, timeout
-                )
+            value = run_body(task, args, kwargs, timeout)  # inline, or on the runner's workers
         except Exception as exc:
             # An enclosing deadline (the flow's) is not this task's failure to retry.
             outer = isinstance(exc, RunTimeout) and exc is not timeout
