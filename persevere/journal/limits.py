@@ -113,6 +113,9 @@ _WAITERS = (
 )
 
 
+_IN_LINE = "SELECT 1 FROM concurrency_waiters WHERE ticket = ? LIMIT 1"
+
+
 def _marks(names: Sequence[str]) -> str:
     return ", ".join("?" * len(names))
 
@@ -235,6 +238,8 @@ class Limits:
                 return Attempt(True, None, limits, [])
             limited = sorted(limits)
             freed = _free_dead(conn, limited, is_dead, now_ms, stale_ms)
+            if ticket is not None and not conn.execute(_IN_LINE, (ticket,)).fetchone():
+                ticket = None  # its place lapsed (it stopped asking): to the back of the line
             reason = _blocked(conn, limits, occupy, ticket, now_ms)
             if not reason:
                 conn.executemany(
@@ -245,8 +250,9 @@ class Limits:
                     conn.execute("DELETE FROM concurrency_waiters WHERE ticket = ?", (ticket,))
                 return Attempt(True, None, limits, freed)
             if ticket is None:
-                row = conn.execute("SELECT max(ticket) FROM concurrency_waiters").fetchone()
-                ticket = (row[0] or 0) + 1
+                # Tickets come from an AUTOINCREMENT key: never handed out twice.
+                ticket = conn.execute("INSERT INTO concurrency_tickets DEFAULT VALUES").lastrowid
+                conn.execute("DELETE FROM concurrency_tickets WHERE ticket < ?", (ticket,))
                 conn.executemany(
                     "INSERT INTO concurrency_waiters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [

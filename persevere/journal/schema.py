@@ -155,6 +155,8 @@ def _v2(db: Any) -> None:
             PRIMARY KEY (name, ticket)
         ) WITHOUT ROWID"""
     )
+    # Where tickets come from: AUTOINCREMENT never hands out a number twice.
+    db.execute("CREATE TABLE concurrency_tickets (ticket INTEGER PRIMARY KEY AUTOINCREMENT)")
 
 
 #: Migration n brings a database from version n-1 to version n.

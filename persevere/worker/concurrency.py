@@ -109,6 +109,7 @@ def acquire(
                 names, claimant, occupy, ticket, holder_is_dead, now, stale_ms
             )
             _say_freed(attempt)
+            first_wait, ticket = ticket is None, attempt.ticket
             too_small = [n for n, lim in attempt.limits.items() if lim.slots < occupy]
             if too_small:
                 raise ConcurrencyError(
@@ -120,7 +121,6 @@ def acquire(
                 ticket = None
                 held = Slots(journal, list(names), sorted(attempt.limits), claimant, occupy)
                 return held, attempt.limits
-            first_wait, ticket = ticket is None, attempt.ticket
             if first_wait and on_wait is not None:
                 on_wait(attempt.reason)
             left = None if deadline is None else deadline - time.monotonic()
