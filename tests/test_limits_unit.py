@@ -19,8 +19,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -48,12 +49,14 @@ from persevere.worker.owners import process_start, this_process
 
 from .conftest import run_cli, wait_for
 
+T = TypeVar("T")
+
 # -- the slot table as a state machine -----------------------------------------
 
 LIMITED = ("a", "b")  # names that may get a limit
 NAMES = (*LIMITED, "free")  # "free" never has one
 CLAIMANTS = ("c0", "c1", "c2", "c3")
-NO_STALE = 10**12  # places in line never go stale in the machine (tested on their own below)
+STALE_MS = 1500  # a place in line not asked for again for this long lapses
 EPSILON = 1e-6  # slack for float comparisons at the exact edge of a decaying limit
 # What a request names: one or both limitable names, sometimes with "free"; or "free" alone.
 SOME = st.lists(st.sampled_from(LIMITED), min_size=1, max_size=2, unique=True)
@@ -102,6 +105,8 @@ class LimitsMachine(RuleBasedStateMachine):
         self.decaying: dict[str, tuple[float, int]] = {}  # name -> (amount, since ms)
         self.held: dict[tuple[str, str], int] = {}  # (name, holder) -> occupy
         self.line: dict[tuple[str, int], str] = {}  # (name, ticket) -> holder
+        self.seen: dict[int, int] = {}  # ticket -> when its claimant last asked
+        self.last_ticket = 0
         self.waiting: dict[str, Request] = {}
         self.holding: dict[str, list[str]] = {}  # holder -> the names it asked for
         self.outcomes: set[str] = set()
@@ -132,14 +137,21 @@ class LimitsMachine(RuleBasedStateMachine):
         return held + self.draining(name)
 
     def free_dead(self, names: list[str]) -> set[tuple[str, str]]:
-        """The model's sweep of ``names``: dead holders lose their slots of those names,
-        and a dead waiter found there loses its whole request (every name of its ticket)."""
+        """The model's sweep of ``names``: dead holders lose their slots of those names; a
+        waiter found there that is dead, or has not asked for STALE_MS, loses its whole
+        request (every name of its ticket)."""
         freed = {key for key in self.held if key[0] in names and key[1] in self.dead}
         for key in freed:
             del self.held[key]
-        gone = {t for (n, t), who in self.line.items() if n in names and who in self.dead}
+        gone = {
+            t
+            for (n, t), who in self.line.items()
+            if n in names and (who in self.dead or self.seen[t] < self.now - STALE_MS)
+        }
         for key in [k for k in self.line if k[1] in gone]:
             del self.line[key]
+        for ticket in gone:
+            del self.seen[ticket]
         return freed
 
     def live(self, among: dict[str, Any]) -> list[str]:
@@ -195,14 +207,18 @@ class LimitsMachine(RuleBasedStateMachine):
         assert names is not None
         limited = sorted(n for n in names if n in self.limits)
         freed = self.free_dead(limited)
+        if ticket is not None and ticket not in self.seen:  # its place lapsed: to the back
+            ticket = None
+            self.outcomes.add("lapsed")
         ahead = sorted(
             {t for (n, t) in self.line if n in limited and (ticket is None or t < ticket)}
         )
         over = {n: self.in_use(n) + occupy - self.limits[n][0] for n in limited}
 
         attempt = self.journal.limits.try_acquire(
-            names, self.claimant(who), occupy, ticket, self.is_dead, self.now, NO_STALE
-        )
+            names, self.claimant(who), occupy, request.ticket if request else None,
+            self.is_dead, self.now, STALE_MS,
+        )  # fmt: skip
 
         assert sorted(attempt.limits) == limited
         assert {(f.name, f.holder) for f in attempt.freed} == freed, "dead holders not freed"
@@ -216,24 +232,30 @@ class LimitsMachine(RuleBasedStateMachine):
                 del self.waiting[who]
                 for key in [k for k in self.line if k[1] == ticket]:
                     del self.line[key]
+                self.seen.pop(ticket or 0, None)
             self.holding[who] = names
             self.outcomes.add("acquired after waiting" if request else "acquired")
         else:
             fits = all(v <= -EPSILON for v in over.values())
             assert ahead or not fits, f"{who} refused with room and nobody ahead: {attempt.reason}"
             assert attempt.reason.split(":")[0] in limited, attempt.reason
-            if request is None:
+            if ticket is None:  # a new request, or one whose place lapsed
                 assert attempt.ticket is not None
-                assert all(attempt.ticket > t for (_, t) in self.line), "a new ticket jumped ahead"
+                assert attempt.ticket > self.last_ticket, "a ticket number was handed out again"
+                self.last_ticket = attempt.ticket
                 for name in limited:
                     self.line[(name, attempt.ticket)] = who
                 self.waiting[who] = Request(attempt.ticket, names, occupy)
             else:
                 assert attempt.ticket == ticket, "a retry lost its place in line"
+            self.seen[attempt.ticket] = self.now
             self.outcomes.add("refused: ahead" if ahead else "refused: full")
         for name in limited:  # swept by this very attempt
             for row in self.journal.limits.holders(name) + self.journal.limits.waiters(name):
                 assert row.holder not in self.dead, f"dead {row.holder} kept its {name!r} row"
+                assert (row.seen_ms or self.now) >= self.now - STALE_MS, (
+                    f"{row} kept a lapsed place"
+                )
 
     @precondition(lambda self: self.live(self.holding))
     @rule(data=st.data(), ms=LATER, wake=st.booleans())
@@ -256,6 +278,7 @@ class LimitsMachine(RuleBasedStateMachine):
         self.journal.limits.leave_line(request.ticket)
         for key in [k for k in self.line if k[1] == request.ticket]:
             del self.line[key]
+        self.seen.pop(request.ticket, None)
         self.outcomes.add("left the line")
 
     @precondition(lambda self: len(self.dead) < 2 and self.live({**self.holding, **self.waiting}))
@@ -266,7 +289,7 @@ class LimitsMachine(RuleBasedStateMachine):
         self.dead.add(data.draw(st.sampled_from(self.live({**self.holding, **self.waiting}))))
         names = [n for n in sweep if n in self.limits]
         if names:
-            freed = self.journal.limits.free_dead(names, self.is_dead, self.now, NO_STALE)
+            freed = self.journal.limits.free_dead(names, self.is_dead, self.now, STALE_MS)
             assert {(f.name, f.holder) for f in freed} == self.free_dead(names)
 
     # -- invariants --------------------------------------------------------------
@@ -276,8 +299,10 @@ class LimitsMachine(RuleBasedStateMachine):
         for name in self.limits:
             held = {(h.holder, h.occupy) for h in self.journal.limits.holders(name)}
             assert held == {(who, o) for (n, who), o in self.held.items() if n == name}
-            line = [(w.ticket, w.holder) for w in self.journal.limits.waiters(name)]
-            assert line == sorted((t, who) for (n, t), who in self.line.items() if n == name)
+            line = [(w.ticket, w.holder, w.seen_ms) for w in self.journal.limits.waiters(name)]
+            assert line == sorted(
+                (t, who, self.seen[t]) for (n, t), who in self.line.items() if n == name
+            )
 
     @invariant()
     def never_more_than_the_limit(self) -> None:
@@ -294,6 +319,7 @@ LimitsMachine.TestCase.settings = settings(
     max_examples=60,
     stateful_step_count=30,
     deadline=None,
+    report_multiple_bugs=False,  # shrink one failure, in seconds rather than minutes
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestLimitsMachine = LimitsMachine.TestCase
@@ -314,6 +340,9 @@ def run_machine_once(steps: list[tuple[str, dict[str, Any]]]) -> LimitsMachine:
     machine = LimitsMachine()
     try:
         for name, kwargs in steps:
+            if name == "later":
+                machine.now += kwargs["ms"]
+                continue
             getattr(machine, name)(**kwargs)
             machine.the_tables_are_the_model()
             machine.never_more_than_the_limit()
@@ -323,7 +352,8 @@ def run_machine_once(steps: list[tuple[str, dict[str, Any]]]) -> LimitsMachine:
 
 
 def test_the_machine_model_sees_waiting_fifo_and_dead_holders() -> None:
-    """The model is not vacuous: a fixed run goes through waiting, FIFO refusal and a sweep."""
+    """The model is not vacuous: a fixed run goes through waiting, FIFO refusal, a dead
+    holder's slot freed, and a lapsed place."""
     machine = run_machine_once(
         [
             ("make_limits", {"a": (1, 0.0), "b": None}),
@@ -334,6 +364,8 @@ def test_the_machine_model_sees_waiting_fifo_and_dead_holders() -> None:
             ("attempt", {"who": "c2"}),  # c0's slot is freed, but c1 is ahead
             ("attempt", {"who": "c1"}),  # first in line: gets it
             ("attempt", {"who": "c3", "names": ["free"], "occupy": 2}),  # no limit at all
+            ("later", {"ms": STALE_MS + 1}),
+            ("attempt", {"who": "c2"}),  # its place lapsed: a new ticket, at the back
         ]
     )
     assert machine.outcomes == {
@@ -341,8 +373,10 @@ def test_the_machine_model_sees_waiting_fifo_and_dead_holders() -> None:
         "refused: full",
         "refused: ahead",
         "acquired after waiting",
+        "lapsed",
     }
     assert machine.held == {("a", "c1"): 1} and list(machine.waiting) == ["c2"]
+    assert machine.waiting["c2"].ticket == machine.last_ticket == 3
 
 
 # -- places in line that go stale ------------------------------------------------
@@ -422,6 +456,27 @@ def test_draining_drains_at_the_rate() -> None:
 
 
 # -- concurrency() -----------------------------------------------------------------
+
+
+def bounded(call: Callable[[], T], seconds: float = 20) -> T:
+    """Run ``call`` (a flow) in a thread: a slot never given back fails the test, not hangs it."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        pytest.fail(f"still running after {seconds} s: waiting for a slot nobody gives back?")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def put(journal: Journal, name: str, slots: int, decay: float = 0.0) -> None:
@@ -510,7 +565,7 @@ def test_concurrency_inside_a_flow_and_its_tasks(journal: Journal) -> None:
         assert a.result() == a.task_run_id
         b.result()
 
-    blocks()
+    bounded(blocks)
     assert order == ["flow", "task 0 in", "task 1 waits", "task 0 out", "task 1 in"]
     assert holders(journal) == [] and journal.limits.waiters("db") == []
 
@@ -656,7 +711,7 @@ def test_tagged_tasks_never_run_more_at_once_than_the_limit(journal: Journal, sl
     def limited() -> list[int]:
         return hold.map(range(6)).result()
 
-    assert limited() == list(range(6))
+    assert bounded(limited) == list(range(6))
     [run] = journal.list_flow_runs()
     tasks = journal.task_runs(run.id)
     assert len(tasks) == 6
@@ -687,7 +742,7 @@ def test_a_tag_without_a_limit_is_not_limited(journal: Journal) -> None:
     def gathering() -> list[int]:
         return meet.map(range(4)).result()
 
-    assert gathering() == [0, 1, 2, 3]
+    assert bounded(gathering) == [0, 1, 2, 3]
     [run] = journal.list_flow_runs()
     assert all(
         "AwaitingConcurrencySlot" not in names_of(journal, t.id) for t in journal.task_runs(run.id)
@@ -720,7 +775,7 @@ def test_a_retried_tagged_task_gives_its_slot_back_during_the_delay(journal: Jou
         second = other.submit()
         return first.result(), second.result()
 
-    assert retrying() == (True, "ran")
+    assert bounded(retrying) == (True, "ran")
     assert attempts == [1, 2]
     [run] = journal.list_flow_runs()
     flaky_run, other_run = journal.task_runs(run.id)
@@ -772,6 +827,14 @@ def test_a_slot_of_a_flow_run_that_ended_or_moved_on_is_freed(
     assert (held.run_state, held.run_token) == ("RUNNING", "token-1")
     assert not holder_is_dead(held, clock.now_ms())
     kept(journal, capsys, "task of ended")
+    # The rule itself: an ended (or not yet started) run's slots are dead whatever the token.
+    for state, dead in (
+        ("COMPLETED", True),
+        ("CRASHED", True),
+        ("SCHEDULED", True),
+        ("PENDING", False),
+    ):
+        assert holder_is_dead(dataclasses.replace(held, run_state=state), clock.now_ms()) is dead
     journal.finish_flow_run(ended, StateType.COMPLETED, "Completed")
     err = enter_freeing(journal, capsys, "task of ended")
     assert f"flow run {ended.id}" in err
@@ -858,7 +921,7 @@ def test_the_concurrency_limit_cli(db: Path, journal: Journal) -> None:
 
     # Held and waited for by this (live) process, as the CLI's process sees it.
     me, now = this_process(), clock.now_ms()
-    for holder, occupy in (("holder", 2), ("waiter", 2)):
+    for holder, occupy in (("holder", 2), ("waiter", 2), ("behind", 1)):  # 1 fits, but FIFO
         claimant = Claimant(holder, None, None, me)
         journal.limits.try_acquire(["db"], claimant, occupy, None, holder_is_dead, now, 30_000)
     rate_limit("api")
@@ -869,7 +932,7 @@ def test_the_concurrency_limit_cli(db: Path, journal: Journal) -> None:
         "slots": 3,
         "active_slots": 2,
         "draining_slots": 0,
-        "waiting": 1,
+        "waiting": 2,
     }
     assert dbs["slot_decay_per_second"] == 0 and api["slot_decay_per_second"] == 0.5
     assert (api["slots"], api["active_slots"], api["waiting"]) == (2, 0, 0)
@@ -878,14 +941,15 @@ def test_the_concurrency_limit_cli(db: Path, journal: Journal) -> None:
     assert [(h["holder"], h["occupy"], h["owner"]) for h in shown["holders"]] == [
         ("holder", 2, me.label())
     ]
-    assert [w["holder"] for w in shown["waiters"]] == ["waiter"] and "ticket" in shown["waiters"][0]
+    assert [w["holder"] for w in shown["waiters"]] == ["waiter", "behind"]
+    assert shown["waiters"][0]["ticket"] < shown["waiters"][1]["ticket"]
 
     done = cli(db, "inspect", "nope", code=2)
     assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1
     assert "no concurrency limit named 'nope'" in done.stderr
 
     assert cli(db, "reset", "db").stdout == "freed 1 slot holder of 'db'\n"
-    assert holders(journal) == [] and len(journal.limits.waiters("db")) == 1  # the line stays
+    assert holders(journal) == [] and len(journal.limits.waiters("db")) == 2  # the line stays
     assert cli(db, "reset", "api").stdout == "freed 0 slot holders of 'api'\n"
     limit = journal.limits.get("api")
     assert limit is not None and limit.draining(clock.now_ms()) == 0  # reset drops what drains

@@ -67,7 +67,7 @@ def create(ctx: click.Context, name: str, slots: int, decay: float) -> None:
 
     Task runs tagged NAME (``@task(tags=["NAME"])``) and ``concurrency("NAME")``
     blocks then hold at most SLOTS slots at once, across every process on
-    the database. 0 slots stops them all from starting.
+    the database. With 0 slots they fail at once (ConcurrencyError) instead of running.
     """
     journal = journal_of(ctx)
     created = journal.limits.put(name, slots, decay, clock.now_ms())
