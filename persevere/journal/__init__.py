@@ -1,7 +1,8 @@
 """All SQL of persevere: schema, migrations, the Journal API and result codecs."""
 
-from .journal import Journal, close_all, open_journal
+from .journal import Journal
 from .records import CacheEntry, FlowRun, LogLine, StoredResult, TaskRun, TaskStart, Transition
+from .registry import close_all, open_journal
 from .results import Codec, from_json, to_json
 from .schema import SCHEMA_VERSION
 from .statements import new_id, task_run_id
