@@ -30,7 +30,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +54,14 @@ class Op:
 
 
 class _Waiter:
-    """A caller of :meth:`Writer.commit` waiting for its writes to be committed."""
+    """Writes queued for the next commit, by :meth:`Writer.commit` (which waits for
+    ``done``) or :meth:`Writer.commit_later` (which is told by ``then``)."""
 
-    __slots__ = ("done", "error", "ops")
+    __slots__ = ("done", "error", "ops", "then")
 
-    def __init__(self, ops: list[Op]) -> None:
+    def __init__(self, ops: list[Op], then: Callable[[BaseException | None], None] | None) -> None:
         self.ops = ops
+        self.then = then
         self.done = False
         self.error: BaseException | None = None
 
@@ -91,6 +93,7 @@ class Writer:
         self._failing: Op | None = None
         self._queue_lock = threading.Lock()
         self._waiting: list[_Waiter] = []
+        self._leading = False  # a commit_later caller commits what is queued
 
     # -- leases -------------------------------------------------------------
 
@@ -152,19 +155,67 @@ class Writer:
         lost, and :class:`LeaseLost` if a run that ``ops`` write for is no
         longer ours (deferred writes of other runs still commit).
         """
-        mine = _Waiter(list(ops))
+        mine = _Waiter(list(ops), None)
         with self._queue_lock:
             self._waiting.append(mine)
+        group: list[_Waiter] = []
         with self.lock:
             if not mine.done:
                 with self._queue_lock:
                     group, self._waiting = self._waiting, []
                 self._commit_group(group)
-        if mine.error is not None:
-            raise mine.error
-        for op in mine.ops:
+        self._tell(group)
+        error = self._outcome(mine)
+        if error is not None:
+            raise error
+
+    def commit_later(self, ops: Iterable[Op], then: Callable[[BaseException | None], None]) -> None:
+        """Queue writes for the next commit without waiting for it; ``then(error)`` after it.
+
+        ``then`` gets None once the writes are committed (durable), or the
+        error :meth:`commit` would have raised. Whichever thread commits them
+        calls it: this one if no other is committing (it then commits what
+        the others queue meanwhile too, until nothing is left), else the one
+        that is. A thread that finished a task can so go on to the next one
+        instead of waiting to be woken after the commit.
+        """
+        with self._queue_lock:
+            self._waiting.append(_Waiter(list(ops), then))
+            if self._leading:
+                return  # the committing thread takes it before it stops
+            self._leading = True
+        try:
+            while True:
+                with self.lock:
+                    with self._queue_lock:
+                        group, self._waiting = self._waiting, []
+                        if not group:
+                            self._leading = False
+                            return
+                    self._commit_group(group)
+                self._tell(group)
+        except BaseException:
+            with self._queue_lock:
+                self._leading = False
+            raise
+
+    def _outcome(self, waiter: _Waiter) -> BaseException | None:
+        """What a committed caller is told: its error, LeaseLost, or None (durable)."""
+        if waiter.error is not None:
+            return waiter.error
+        for op in waiter.ops:
             if op.fence is not None and op.fence in self._lost:
-                raise LeaseLost(op.fence)
+                return LeaseLost(op.fence)
+        return None
+
+    def _tell(self, group: list[_Waiter]) -> None:
+        """Call back the :meth:`commit_later` callers of a group, after its commit."""
+        for waiter in group:
+            if waiter.then is not None:
+                try:
+                    waiter.then(self._outcome(waiter))
+                except Exception as exc:  # one bad callback must not stop the others
+                    print(f"persevere: a commit callback failed: {exc!r}", file=sys.stderr)
 
     def _commit_group(self, group: list[_Waiter]) -> None:
         """Commit the queued callers' writes (with what is deferred), together if possible."""

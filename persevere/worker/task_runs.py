@@ -23,6 +23,7 @@ from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart, task_run_id
 from ..statemachine import State, StateType, allow_failure, resolve
 from ..statemachine.retries import next_attempt_ms
 from . import caching, hooks
+from .dispatch import Call, hand_over, submit_call
 from .futures import PersevereFuture, PersevereFutureList
 from .logs import get_run_logger
 from .timeouts import call_with_timeout
@@ -207,8 +208,11 @@ def _finish(
     """Journal how a task run ended (with the hooks that owes) and run those hooks."""
     version = start.version + 1
     owed = hooks.due(task, start.id, version, target, start.flow_run_id)
-    journal.finish_task_run(start, target, name, message, result, [*(also or ()), *owed])
     state = State(target, name, message, 0, start.id, value)
+    # A submitted call's thread goes on; its future is set once the state is durable.
+    later = target is StateType.COMPLETED and not owed
+    then = hand_over(start.id, state, _failed) if later else None
+    journal.finish_task_run(start, target, name, message, result, [*(also or ()), *owed], then)
     if owed:
         hooks.run_hooks(journal, task, start, state, start.id, version, hooks.event_of(target))
     return state
@@ -266,13 +270,19 @@ def submit_task(
         done.set_result(_state_of(task, args, kwargs, wait_for, None))
         return PersevereFuture(done, task.name, None)
     identity = ctx.allocate(task.task_key)
-    context = contextvars.copy_context()
+    run_id = task_run_id(ctx.run.id, identity[0])
+    inner: concurrent.futures.Future[State] = concurrent.futures.Future()
+    call = (task, args, kwargs, wait_for, identity)
     executor = ctx.executor_for(ctx.flow.task_runner)
-    inner = executor.submit(context.run, _state_of, task, args, kwargs, wait_for, identity)
-    future = PersevereFuture(inner, task.name, task_run_id(ctx.run.id, identity[0]))
+    submit_call(executor, Call(inner, run_id, contextvars.copy_context(), _state_of, call))
+    future = PersevereFuture(inner, task.name, run_id)
     with ctx.lock:
         ctx.futures.append(future)
     return future
+
+
+def _failed(exc: BaseException) -> State:
+    return State(StateType.FAILED, "Failed", describe(exc), 0, None, exc)
 
 
 def _state_of(
@@ -289,7 +299,7 @@ def _state_of(
         state: State = run_task(task, args, kwargs, True, identity)
         return state
     except Exception as exc:
-        return State(StateType.FAILED, "Failed", describe(exc), 0, None, exc)
+        return _failed(exc)
 
 
 def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> PersevereFutureList:
