@@ -8,15 +8,29 @@ be woken after the commit (under the GIL, that wake-up costs about as much
 as the engine's own work for a no-op task); whichever thread commits the
 state sets the future, so a caller still sees a result only once it is
 durable. ``wait``, ``as_completed`` and ``cancel`` work on the call's own
-future: a call cancelled before it starts is skipped, and a job the executor
-cancels (``shutdown`` with ``cancel_futures``) cancels its call.
+future: a call cancelled before it starts is skipped.
+
+Nor is each call a job of its own: one job per call costs, under the GIL, a
+work item, a queue hand-off and a thread's wake-up. The calls of a flow run
+go into one FIFO queue (:class:`CallQueue`), and the executor is given
+*drainers*: jobs that each take the next call, run it, and take the next,
+until the queue is empty. A drainer that starts while calls are waiting
+submits one more, so drainers grow to as many as the executor has threads
+(with never more than one waiting in the executor's own queue), and each
+call still starts in submission order on the next free thread, as one job
+per call would. Shutting down with ``cancel_futures`` cancels the calls not
+started. Rejected: fixed chunks of a mapped batch per job (a chunk of slow
+calls would run on one thread while the others idle), and asking the
+executor how many threads it has (a private attribute other executors lack).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -86,7 +100,90 @@ def hand_over(
     return then
 
 
-def submit_call(executor: concurrent.futures.Executor, call: Call) -> None:
-    """Run a call on an executor, as one job."""
-    job = executor.submit(call.run)
-    job.add_done_callback(lambda job: call.future.cancel() if job.cancelled() else None)
+class CallQueue:
+    """The calls submitted in one flow run, run by drainers on its executor.
+
+    It stands for the executor in the flow run's context: ``shutdown`` shuts
+    both down.
+    """
+
+    def __init__(self, executor: concurrent.futures.Executor) -> None:
+        self.executor = executor
+        self._calls: deque[Call] = deque()
+        self._lock = threading.Lock()
+        self._queued_drainers = 0  # submitted to the executor, not started yet
+        self._closed = False
+
+    def put(self, call: Call) -> None:
+        """Queue a call; it starts on the next free thread of the executor."""
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        self._calls.append(call)
+        if not self._queued_drainers:
+            self._add_drainer()
+
+    def _add_drainer(self) -> None:
+        with self._lock:
+            if self._queued_drainers:
+                return  # that one will start
+            self._queued_drainers = 1
+        try:
+            self._submit_drainer()
+        except BaseException:
+            self._queued_drainers = 0
+            raise
+
+    def _submit_drainer(self) -> None:
+        self.executor.submit(self._drain).add_done_callback(self._dropped)
+
+    def _drain(self) -> None:
+        self._queued_drainers = 0
+        calls = self._calls
+        while True:
+            try:
+                call = calls.popleft()
+            except IndexError:
+                return
+            if calls and not self._queued_drainers:
+                # More are waiting: another thread may help (unless the executor is
+                # shutting down; the drainers running then finish the queue).
+                with contextlib.suppress(RuntimeError):
+                    self._add_drainer()
+            call.run()
+
+    def _dropped(self, job: concurrent.futures.Future[None]) -> None:
+        """A drainer the executor cancelled never ran: nobody will run what is queued."""
+        if job.cancelled():
+            self._queued_drainers = 0
+            self.cancel_queued()
+
+    def cancel_queued(self) -> None:
+        """Cancel every call that has not started."""
+        while True:
+            try:
+                self._calls.popleft().future.cancel()
+            except IndexError:
+                return
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Shut the executor down once the calls queued have run (or, with
+        ``cancel_futures``, cancel those not started)."""
+        self._closed = True
+        if cancel_futures:
+            self.cancel_queued()
+        else:  # a drainer for each call still queued, as one job per call would have had
+            with contextlib.suppress(RuntimeError):  # already shut down
+                for _ in range(len(self._calls)):
+                    self._submit_drainer()
+        self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+class Dispatching:
+    """A task runner whose executor is wrapped in a :class:`CallQueue`."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def start(self) -> CallQueue:
+        """The flow run's call queue, over a new executor of the runner."""
+        return CallQueue(self.runner.start())

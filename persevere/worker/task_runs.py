@@ -23,7 +23,7 @@ from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart, task_run_id
 from ..statemachine import State, StateType, allow_failure, resolve
 from ..statemachine.retries import next_attempt_ms
 from . import caching, hooks
-from .dispatch import Call, hand_over, submit_call
+from .dispatch import Call, Dispatching, hand_over
 from .futures import PersevereFuture, PersevereFutureList
 from .logs import get_run_logger
 from .timeouts import call_with_timeout
@@ -273,8 +273,8 @@ def submit_task(
     run_id = task_run_id(ctx.run.id, identity[0])
     inner: concurrent.futures.Future[State] = concurrent.futures.Future()
     call = (task, args, kwargs, wait_for, identity)
-    executor = ctx.executor_for(ctx.flow.task_runner)
-    submit_call(executor, Call(inner, run_id, contextvars.copy_context(), _state_of, call))
+    calls = ctx.executor or ctx.executor_for(Dispatching(ctx.flow.task_runner))
+    calls.put(Call(inner, run_id, contextvars.copy_context(), _state_of, call))
     future = PersevereFuture(inner, task.name, run_id)
     with ctx.lock:
         ctx.futures.append(future)
