@@ -82,7 +82,7 @@ class Writer:
         self.lock = threading.RLock()
         self._lease_ms = lease_ms
         self._flush_seconds = flush_seconds
-        self._pending: list[Op] = []
+        self._pending: dict[int, Op] = {}  # by id(op): taken back in O(1), kept in order
         self._held: dict[str, str] = {}  # flow run id -> lease token
         self._lost: set[str] = set()
         self._renewed: dict[str, int] = {}  # flow run id -> when its lease was renewed
@@ -124,7 +124,8 @@ class Writer:
         not wait for somebody's commit just to queue a write.
         """
         with self._queue_lock:
-            self._pending.extend(ops)
+            for op in ops:
+                self._pending[id(op)] = op
         if self._flusher is None:
             self._ensure_flusher()
 
@@ -135,11 +136,12 @@ class Writer:
         state as one row instead of an insert and two updates.
         """
         with self._queue_lock:
-            wanted = {id(op) for op in ops}
-            kept = [op for op in self._pending if id(op) not in wanted]
-            if len(kept) != len(self._pending) - len(wanted):
-                return False
-            self._pending = kept
+            pending = self._pending
+            for op in ops:
+                if id(op) not in pending:
+                    return False
+            for op in ops:
+                del pending[id(op)]
             return True
 
     def commit(self, ops: Iterable[Op] = ()) -> None:
@@ -246,7 +248,7 @@ class Writer:
     def _commit_one(self, ops: list[Op], retry: bool = True) -> None:
         """Commit what is deferred plus ``ops`` in one transaction."""
         with self._queue_lock:
-            batch, self._pending = self._pending + ops, []
+            batch, self._pending = [*self._pending.values(), *ops], {}
         self._failing = None
         try:
             self._commit_batch(batch)
@@ -254,13 +256,15 @@ class Writer:
             own = {id(op) for op in ops}
             failing = self._failing
             with self._queue_lock:
-                self._pending = [op for op in batch if id(op) not in own] + self._pending
+                kept = {id(op): op for op in batch if id(op) not in own}
+                kept.update(self._pending)
+                self._pending = kept
             if failing is None or id(failing) in own or not retry:
                 raise  # the caller's own write failed; what was deferred is kept
             # A deferred write failed, not the caller's: drop it (it would fail
             # every commit), say so, and commit the rest.
             with self._queue_lock:
-                self._pending = [op for op in self._pending if op is not failing]
+                self._pending.pop(id(failing), None)
             print(f"persevere: a journal write was dropped: {exc}", file=sys.stderr)
             self._commit_one(ops, retry=False)
 
@@ -349,7 +353,7 @@ class Writer:
                 if now - self._renewed.get(run_id, 0) >= self._lease_ms // 3
             ]
             with self._queue_lock:
-                batch, self._pending = self._pending, []
+                batch, self._pending = list(self._pending.values()), {}
             if not batch and not due:
                 return
             batch += [Op("SELECT 1", (), fence=run_id) for run_id in due]
@@ -359,7 +363,7 @@ class Writer:
         """Commit what is pending and stop the flusher."""
         with self.lock:
             with self._queue_lock:
-                batch, self._pending = self._pending, []
+                batch, self._pending = list(self._pending.values()), {}
             if batch:
                 self._commit_batch(batch)
             self._closed = True
