@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from persevere.worker.dispatch import Call, CallQueue, hand_over
+from persevere.worker.outcomes import Outcome
 
 where: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="unset")
 
@@ -21,7 +22,7 @@ def _record(ran: list[str]) -> int:
 
 
 def _call(ran: list[str], fn: Any = _record) -> Call:
-    return Call(concurrent.futures.Future(), "key", contextvars.copy_context(), fn, (ran,))
+    return Call(Outcome(), "key", contextvars.copy_context(), fn, (ran,))
 
 
 def test_a_call_runs_in_the_context_it_was_submitted_in() -> None:
@@ -87,9 +88,7 @@ def test_a_handed_over_future_is_set_by_the_callback_not_when_the_call_returns()
 
     with concurrent.futures.ThreadPoolExecutor(2) as executor:
         calls = {
-            key: Call(
-                concurrent.futures.Future(), key, contextvars.copy_context(), finishing, (key,)
-            )
+            key: Call(Outcome(), key, contextvars.copy_context(), finishing, (key,))
             for key in ("ok", "lost")
         }
         queue = CallQueue(executor)
@@ -126,8 +125,7 @@ def test_drainers_run_calls_in_order_on_every_thread_with_few_jobs() -> None:
     with Counting(4) as executor:
         queue = CallQueue(executor)
         calls = [
-            Call(concurrent.futures.Future(), str(i), contextvars.copy_context(), step, (i,))
-            for i in range(200)
+            Call(Outcome(), str(i), contextvars.copy_context(), step, (i,)) for i in range(200)
         ]
         for call in calls:
             queue.put(call)

@@ -1,7 +1,8 @@
 """Handing submitted task calls to the task runner's executor, and their futures back.
 
-Each call has a ``concurrent.futures.Future`` of its own, not the executor's
-job's, because the call may end after its job has returned: a call whose
+Each call has an :class:`~persevere.worker.outcomes.Outcome` (a small
+future) of its own, not the executor's job's future, because the call may
+end after its job has returned: a call whose
 task run completes *hands over* its future (:func:`hand_over`) to the commit
 of its final state, so that its thread goes on at once instead of waiting to
 be woken after the commit (under the GIL, that wake-up costs about as much
@@ -34,6 +35,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .outcomes import Outcome
+
 #: The call this thread runs now, until it returns or hands its future over.
 _running = threading.local()
 
@@ -49,7 +52,7 @@ class Call:
 
     def __init__(
         self,
-        future: concurrent.futures.Future[Any],
+        future: Outcome[Any],
         key: str,
         context: contextvars.Context,
         fn: Callable[..., Any],

@@ -10,7 +10,6 @@ result is one durable commit, so a sequential task costs one commit.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import random
 import time
@@ -26,6 +25,7 @@ from . import caching, hooks
 from .dispatch import Call, Dispatching, hand_over
 from .futures import PersevereFuture, PersevereFutureList
 from .logs import get_run_logger
+from .outcomes import Outcome, finished
 from .timeouts import call_with_timeout
 
 
@@ -266,12 +266,12 @@ def submit_task(
     """
     ctx = flow_run_context.get()
     if ctx is None:  # outside a flow: run it now
-        done: concurrent.futures.Future[State] = concurrent.futures.Future()
-        done.set_result(_state_of(task, args, kwargs, wait_for, None))
-        return PersevereFuture(done, task.name, None)
+        return PersevereFuture(
+            finished(_state_of(task, args, kwargs, wait_for, None)), task.name, None
+        )
     identity = ctx.allocate(task.task_key)
     run_id = task_run_id(ctx.run.id, identity[0])
-    inner: concurrent.futures.Future[State] = concurrent.futures.Future()
+    inner: Outcome[State] = Outcome()
     call = (task, args, kwargs, wait_for, identity)
     calls = ctx.executor or ctx.executor_for(Dispatching(ctx.flow.task_runner))
     calls.put(Call(inner, run_id, contextvars.copy_context(), _state_of, call))
