@@ -15,6 +15,7 @@ from persevere import flow, task
 from persevere.exceptions import VersionConflict
 from persevere.journal import Journal, Op, open_journal
 from persevere.journal.schema import SCHEMA_VERSION
+from persevere.journal.writer import Writes
 from persevere.settings import Settings
 from persevere.statemachine import Owner, StateType
 
@@ -271,3 +272,20 @@ def test_commit_later_does_not_wait_while_another_thread_commits(
     # the committing thread took the queued write too, and told its caller
     assert told == {"a": (None, "first"), "b": (None, "first")}
     assert peek(db, "SELECT message FROM logs ORDER BY id") == [("a",), ("b",)]
+
+
+def test_deferred_writes_are_built_only_if_they_are_committed(db: Path, journal: Journal) -> None:
+    built: list[str] = []
+
+    def build(message: str) -> list[Op]:
+        built.append(message)
+        return [_log(message)]
+
+    kept, taken_back = Writes(build, ("kept",)), Writes(build, ("taken back",))
+    journal.writer.defer(kept, taken_back)
+    assert journal.writer.withdraw([taken_back])
+    assert not journal.writer.withdraw([taken_back])  # gone already
+    journal.flush()
+    assert built == ["kept"]
+    assert peek(db, "SELECT message FROM logs") == [("kept",)]
+    assert not journal.writer.withdraw([kept])  # committed: too late to take it back

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from ..statemachine import Owner, StateType
-from .writer import Op
+from .writer import Op, Writes
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ class TaskStart:
     kind: str
     created_ms: int
     version: int
-    ops: tuple[Op, ...]
+    ops: tuple[Op | Writes, ...]
     attempt: int = 1
     retries_used: int = 0
 

@@ -56,6 +56,33 @@ class Op:
     expect: tuple[str, int, str] | None = None
 
 
+class Writes:
+    """Deferred writes whose statements are built only if they are committed.
+
+    A fast task's start is taken back (:meth:`Writer.withdraw`) before any
+    commit needs it, and the task run is written once in its final state;
+    building the start's four statements first would be wasted.
+    ``build(*args)`` returns them.
+    """
+
+    __slots__ = ("args", "build")
+
+    def __init__(self, build: Callable[..., Sequence[Op]], args: tuple[Any, ...]) -> None:
+        self.build = build
+        self.args = args
+
+
+def _built(entries: Iterable[Op | Writes]) -> list[Op]:
+    """The statements of deferred entries, in order."""
+    ops: list[Op] = []
+    for entry in entries:
+        if type(entry) is Op:
+            ops.append(entry)
+        else:
+            ops.extend(entry.build(*entry.args))  # type: ignore[union-attr]
+    return ops
+
+
 class _Waiter:
     """Writes queued for the next commit, by :meth:`Writer.commit` (which waits for
     ``done``) or :meth:`Writer.commit_later` (which is told by ``then``)."""
@@ -85,7 +112,7 @@ class Writer:
         self.lock = threading.RLock()
         self._lease_ms = lease_ms
         self._flush_seconds = flush_seconds
-        self._pending: dict[int, Op] = {}  # by id(op): taken back in O(1), kept in order
+        self._pending: dict[int, Op | Writes] = {}  # by id: taken back in O(1), in order
         self._held: dict[str, str] = {}  # flow run id -> lease token
         self._lost: set[str] = set()
         self._renewed: dict[str, int] = {}  # flow run id -> when its lease was renewed
@@ -120,7 +147,7 @@ class Writer:
 
     # -- writing ------------------------------------------------------------
 
-    def defer(self, *ops: Op) -> None:
+    def defer(self, *ops: Op | Writes) -> None:
         """Queue writes that will ride along with the next commit.
 
         Only the queue's own lock is taken, never the writer's: a thread does
@@ -132,7 +159,7 @@ class Writer:
         if self._flusher is None:
             self._ensure_flusher()
 
-    def withdraw(self, ops: Sequence[Op]) -> bool:
+    def withdraw(self, ops: Sequence[Op | Writes]) -> bool:
         """Take deferred writes back if none of them was committed yet.
 
         The engine uses it to write a fast task's Pending, Running and final
@@ -251,7 +278,7 @@ class Writer:
     def _commit_one(self, ops: list[Op], retry: bool = True) -> None:
         """Commit what is deferred plus ``ops`` in one transaction."""
         with self._queue_lock:
-            batch, self._pending = [*self._pending.values(), *ops], {}
+            batch, self._pending = [*_built(self._pending.values()), *ops], {}
         self._failing = None
         try:
             self._commit_batch(batch)
@@ -259,7 +286,7 @@ class Writer:
             own = {id(op) for op in ops}
             failing = self._failing
             with self._queue_lock:
-                kept = {id(op): op for op in batch if id(op) not in own}
+                kept: dict[int, Op | Writes] = {id(op): op for op in batch if id(op) not in own}
                 kept.update(self._pending)
                 self._pending = kept
             if failing is None or id(failing) in own or not retry:
@@ -356,7 +383,7 @@ class Writer:
                 if now - self._renewed.get(run_id, 0) >= self._lease_ms // 3
             ]
             with self._queue_lock:
-                batch, self._pending = list(self._pending.values()), {}
+                batch, self._pending = _built(self._pending.values()), {}
             if not batch and not due:
                 return
             batch += [Op("SELECT 1", (), fence=run_id) for run_id in due]
@@ -366,7 +393,7 @@ class Writer:
         """Commit what is pending and stop the flusher."""
         with self.lock:
             with self._queue_lock:
-                batch, self._pending = list(self._pending.values()), {}
+                batch, self._pending = _built(self._pending.values()), {}
             if batch:
                 self._commit_batch(batch)
             self._closed = True
