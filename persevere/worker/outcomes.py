@@ -5,7 +5,7 @@ when it is made: with its lock, its deque, its waiter lists and the five
 lock methods it binds, nine objects the garbage collector tracks. A flow
 that maps 10,000 calls keeps 10,000 of them alive, and the collections
 that walk them cost more than the engine's own work per call. An
-:class:`Outcome` is one tracked object and a plain lock; a thread that has to
+:class:`Outcome` is one tracked object; a thread that has to
 wait for it registers a callback (a lock to release, a queue to put it in)
 and nothing is built for outcomes nobody waits on.
 
@@ -31,14 +31,17 @@ _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 T = TypeVar("T")
 Waiter = Callable[["Outcome[Any]"], None]
 
+#: One lock for every outcome: it guards a few assignments, never a wait, and
+#: a lock per outcome would be one more object for the garbage collector.
+_lock = threading.Lock()
+
 
 class Outcome(Generic[T]):
     """The result or exception of a call, set once; see the module note."""
 
-    __slots__ = ("_error", "_lock", "_state", "_value", "_waiters")
+    __slots__ = ("_error", "_state", "_value", "_waiters")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._state = _PENDING
         self._value: T | None = None
         self._error: BaseException | None = None
@@ -46,7 +49,7 @@ class Outcome(Generic[T]):
 
     def set_running_or_notify_cancel(self) -> bool:
         """Mark the call started; False if it was cancelled (it must not run)."""
-        with self._lock:
+        with _lock:
             if self._state == _CANCELLED:
                 return False
             if self._state != _PENDING:
@@ -56,7 +59,7 @@ class Outcome(Generic[T]):
 
     def cancel(self) -> bool:
         """Cancel the call if it has not started; True if it is cancelled."""
-        with self._lock:
+        with _lock:
             if self._state == _CANCELLED:
                 return True
             if self._state != _PENDING:
@@ -83,7 +86,7 @@ class Outcome(Generic[T]):
         self._end(None, error)
 
     def _end(self, value: T | None, error: BaseException | None) -> None:
-        with self._lock:
+        with _lock:
             if self._state >= _CANCELLED:
                 raise concurrent.futures.InvalidStateError("the call has ended already")
             self._value, self._error, self._state = value, error, _FINISHED
@@ -104,7 +107,7 @@ class Outcome(Generic[T]):
 
     def _add_waiter(self, waiter: Waiter) -> bool:
         """Call ``waiter(self)`` when it ends; False (and no call) if it has ended."""
-        with self._lock:
+        with _lock:
             if self._state >= _CANCELLED:
                 return False
             if self._waiters is None:
@@ -113,7 +116,7 @@ class Outcome(Generic[T]):
             return True
 
     def _remove_waiter(self, waiter: Waiter) -> None:
-        with self._lock:
+        with _lock:
             if self._waiters is not None and waiter in self._waiters:
                 self._waiters.remove(waiter)
 
