@@ -235,6 +235,8 @@ class Writer:
         """What a committed caller is told: its error, LeaseLost, or None (durable)."""
         if waiter.error is not None:
             return waiter.error
+        if not self._lost:
+            return None
         for op in waiter.ops:
             if op.fence is not None and op.fence in self._lost:
                 return LeaseLost(op.fence)

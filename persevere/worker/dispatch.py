@@ -48,7 +48,7 @@ class Call:
     run id); ``fn(*args)`` returns the future's result.
     """
 
-    __slots__ = ("args", "context", "fn", "future", "key")
+    __slots__ = ("args", "context", "failed", "fn", "future", "key", "result")
 
     def __init__(
         self,
@@ -63,6 +63,8 @@ class Call:
         self.context = context
         self.fn = fn
         self.args = args
+        self.result: Any = None  # once handed over: what the future is set to,
+        self.failed: Callable[[BaseException], Any] | None = None  # or made of the error
 
     def run(self) -> None:
         """Run the call unless it was cancelled; set its future unless it was handed over."""
@@ -80,6 +82,11 @@ class Call:
         finally:
             _running.call = None
 
+    def _settle(self, error: BaseException | None) -> None:
+        """Set the future of a call handed over (see :func:`hand_over`)."""
+        assert self.failed is not None
+        self.future.set_result(self.result if error is None else self.failed(error))
+
 
 def hand_over(
     key: str, result: Any, failed: Callable[[BaseException], Any]
@@ -95,12 +102,8 @@ def hand_over(
     if call is None or call.key != key:
         return None
     _running.call = None
-    future = call.future
-
-    def then(error: BaseException | None) -> None:
-        future.set_result(result if error is None else failed(error))
-
-    return then
+    call.result, call.failed = result, failed
+    return call._settle
 
 
 class CallQueue:
