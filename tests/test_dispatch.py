@@ -36,6 +36,20 @@ def test_a_call_runs_in_the_context_it_was_submitted_in() -> None:
     assert ran == ["submitter"] and where.get() == "unset"
 
 
+def test_calls_sharing_a_snapshot_do_not_see_each_others_changes() -> None:
+    ran: list[str] = []
+    token = where.set("mapped")
+    snapshot = contextvars.copy_context()
+    where.reset(token)
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        queue = CallQueue(executor)
+        calls = [Call(Outcome(), str(i), snapshot, _record, (ran,)) for i in range(3)]
+        for call in calls:
+            queue.put(call)
+        assert [call.future.result(10) for call in calls] == [1, 2, 3]
+    assert ran == ["mapped"] * 3  # each ran in its own copy: none saw "changed by the call"
+
+
 def test_a_call_that_raises_sets_its_future_to_the_exception() -> None:
     def broken(ran: list[str]) -> None:
         raise KeyError("no")

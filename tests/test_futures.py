@@ -67,6 +67,23 @@ def test_map_with_unmapped_and_as_completed(journal: Journal) -> None:
     assert many() == ([10, 20, 30], [10, 20, 30])
 
 
+def test_map_by_keyword_and_position_mixed(journal: Journal) -> None:
+    @task
+    def line(a: int, b: int, c: str = "") -> str:
+        return f"{a}{b}{c}"
+
+    @flow
+    def mixed() -> list[list[str]]:
+        return [
+            line.map(a=[1, 2], b=unmapped(0)).result(),
+            line.map([1, 2], b=[3, 4], c=unmapped("!")).result(),
+            line.map(unmapped(5), [6, 7, 8]).result(),
+            line.map([], b=[]).result(),
+        ]
+
+    assert mixed() == [["10", "20"], ["13!", "24!"], ["56", "57", "58"], []]
+
+
 def test_map_refuses_iterables_of_different_lengths(journal: Journal) -> None:
     @flow
     def uneven() -> None:

@@ -44,6 +44,9 @@ _running = threading.local()
 class Call:
     """One submitted call: its future, the context it was submitted in, and what to run.
 
+    It runs in a copy of ``context``, so calls can share one snapshot (a
+    mapped batch does) and still not see each other's context changes.
+
     ``key`` names the call for :func:`hand_over` (the engine uses its task
     run id); ``fn(*args)`` returns the future's result.
     """
@@ -72,7 +75,7 @@ class Call:
             return
         _running.call = self
         try:
-            result = self.context.run(self.fn, *self.args)
+            result = self.context.copy().run(self.fn, *self.args)
         except BaseException as exc:
             if _running.call is self:
                 self.future.set_exception(exc)

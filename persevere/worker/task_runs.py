@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import random
 import time
+from itertools import repeat
 from typing import Any
 
 from .. import clock
@@ -258,11 +259,16 @@ def sleep_until(wake_ms: int) -> None:
 
 
 def submit_task(
-    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: list[Any] | None = None,
+    context: contextvars.Context | None = None,
 ) -> PersevereFuture:
     """Run a task call on the flow's task runner; returns its future at once.
 
-    The call's identity is taken now, in program order, not when it runs.
+    The call's identity is taken now, in program order, not when it runs. It
+    runs in a copy of ``context`` (default: of the current context, now).
     """
     ctx = flow_run_context.get()
     if ctx is None:  # outside a flow: run it now
@@ -274,7 +280,7 @@ def submit_task(
     inner: Outcome[State] = Outcome()
     call = (task, args, kwargs, wait_for, identity)
     calls = ctx.executor or ctx.executor_for(Dispatching(ctx.flow.task_runner))
-    calls.put(Call(inner, run_id, contextvars.copy_context(), _state_of, call))
+    calls.put(Call(inner, run_id, context or contextvars.copy_context(), _state_of, call))
     future = PersevereFuture(inner, task.name, run_id)
     with ctx.lock:
         ctx.futures.append(future)
@@ -310,13 +316,15 @@ def map_task(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Persev
     if len(lengths) > 1:
         raise ValueError(f"task {task.name!r}: .map() got iterables of lengths {sorted(lengths)}")
     count = lengths.pop() if lengths else 0
+    columns = [iterables[i] if i in iterables else repeat(_plain(a)) for i, a in enumerate(args)]
+    named_columns = [named[k] if k in named else repeat(_plain(v)) for k, v in kwargs.items()]
+    each_args = zip(*columns, strict=False) if columns else repeat(())
+    each_kwargs = zip(*named_columns, strict=False) if named_columns else repeat(())
+    context = contextvars.copy_context()  # one snapshot: each call runs in a copy of it
     futures = PersevereFutureList()
-    for n in range(count):
-        call_args = tuple(
-            iterables[i][n] if i in iterables else _plain(a) for i, a in enumerate(args)
-        )
-        call_kwargs = {k: named[k][n] if k in named else _plain(v) for k, v in kwargs.items()}
-        futures.append(submit_task(task, call_args, call_kwargs))
+    for _, call_args, values in zip(range(count), each_args, each_kwargs, strict=False):
+        call_kwargs = dict(zip(kwargs, values, strict=True))
+        futures.append(submit_task(task, call_args, call_kwargs, None, context))
     return futures
 
 
