@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ from persevere import (
     unmapped,
     wait,
 )
+from persevere.exceptions import LeaseLost
 from persevere.journal import Journal
+from persevere.statemachine import State
 
 from .conftest import FLOWS, cli_env, run_cli, wait_for
 
@@ -62,6 +65,23 @@ def test_map_with_unmapped_and_as_completed(journal: Journal) -> None:
         return futures.result(), sorted(f.result() for f in as_completed(futures))
 
     assert many() == ([10, 20, 30], [10, 20, 30])
+
+
+def test_map_by_keyword_and_position_mixed(journal: Journal) -> None:
+    @task
+    def line(a: int, b: int, c: str = "") -> str:
+        return f"{a}{b}{c}"
+
+    @flow
+    def mixed() -> list[list[str]]:
+        return [
+            line.map(a=[1, 2], b=unmapped(0)).result(),
+            line.map([1, 2], b=[3, 4], c=unmapped("!")).result(),
+            line.map(unmapped(5), [6, 7, 8]).result(),
+            line.map([], b=[]).result(),
+        ]
+
+    assert mixed() == [["10", "20"], ["13!", "24!"], ["56", "57", "58"], []]
 
 
 def test_map_refuses_iterables_of_different_lengths(journal: Journal) -> None:
@@ -134,6 +154,49 @@ def test_the_flow_waits_for_every_submitted_call(journal: Journal) -> None:
     [run] = journal.list_flow_runs()
     [t] = journal.task_runs(run.id)
     assert t.state_name == "Completed" and t.ended_ms <= run.ended_ms
+
+
+def test_a_future_is_done_only_once_its_completed_state_is_committed(
+    journal: Journal, db: Path
+) -> None:
+    seen: list[tuple[object, ...]] = []
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def watched() -> None:
+        for future in as_completed(double.map(range(100))):
+            with sqlite3.connect(db) as other:  # sees only what was committed
+                row = other.execute(
+                    "SELECT state_name, result FROM task_runs WHERE id = ?", (future.task_run_id,)
+                ).fetchone()
+            seen.append((*row, future.result()))
+
+    watched()
+    assert len(seen) == 100
+    assert all(row[0] == "Completed" and row[1] == str(row[2]).encode() for row in seen)
+
+
+def test_a_submitted_task_whose_run_was_taken_over_ends_failed(journal: Journal, db: Path) -> None:
+    @task
+    def step() -> int:
+        other = sqlite3.connect(db)  # another process takes the run over
+        other.execute("UPDATE flow_runs SET lease_token = 'theirs'")
+        other.commit()
+        other.close()
+        return 1
+
+    states: list[State] = []
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def stolen() -> None:
+        future = step.submit()
+        future.wait()
+        states.append(future.state)
+
+    with pytest.raises(LeaseLost):
+        stolen()
+    assert states[0].is_failed() and isinstance(states[0].data, LeaseLost)
+    [run] = journal.list_flow_runs()
+    assert journal.task_runs(run.id) == []  # nothing written for the new owner's run
 
 
 def test_submit_outside_a_flow_runs_at_once() -> None:

@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import hashlib
 import hmac
+import json
 import math
 import os
 import pathlib
@@ -189,6 +190,14 @@ def test_to_json_from_json_round_trip(value: Any) -> None:
     assert isinstance(text, str)
     assert same(from_json(text), value)
     assert same(from_json(text.encode()), value)
+
+
+@given(st.one_of(st.integers(), st.booleans(), st.none()))
+@example(10**4000)
+@example(-1)
+def test_small_scalars_are_written_as_the_json_encoder_writes_them(value: Any) -> None:
+    assert to_json(value) == json.dumps(value, separators=(",", ":"))
+    assert same(from_json(to_json(value)), value)
 
 
 @pytest.mark.parametrize("value", LOOKALIKES)

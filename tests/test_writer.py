@@ -6,6 +6,7 @@ import multiprocessing
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from persevere import flow, task
 from persevere.exceptions import VersionConflict
 from persevere.journal import Journal, Op, open_journal
 from persevere.journal.schema import SCHEMA_VERSION
+from persevere.journal.writer import Writes
 from persevere.settings import Settings
 from persevere.statemachine import Owner, StateType
 
@@ -210,3 +212,80 @@ def test_one_callers_lost_compare_and_set_fails_only_that_caller(
     assert isinstance(outcomes.pop("stale"), VersionConflict)
     assert set(outcomes.values()) == {"ok"} and len(outcomes) == 6
     assert peek(db, "SELECT count(*) FROM logs") == [(6,)]
+
+
+def _log(message: str) -> Op:
+    return Op("INSERT INTO logs (level, ts_ms, message) VALUES ('INFO', 1, ?)", (message,))
+
+
+def test_commit_later_calls_back_once_the_writes_are_durable(db: Path, journal: Journal) -> None:
+    told: list[object] = []
+
+    def then(error: BaseException | None) -> None:
+        told.append((error, peek(db, "SELECT message FROM logs")))
+
+    journal.writer.commit_later([_log("first")], then)
+    assert told == [(None, [("first",)])]
+
+
+def test_commit_later_hands_a_lost_compare_and_set_to_its_callback(
+    db: Path, journal: Journal
+) -> None:
+    run = journal.create_flow_run(flow_name="f", entrypoint=None, parameters="{}")
+    stale = Op("UPDATE flow_runs SET version = 99 WHERE id = ? AND version = ?", (run.id, 42),
+               expect=(run.id, 42, "flow_runs"))  # fmt: skip
+    told: list[BaseException | None] = []
+    journal.writer.commit_later([stale], told.append)  # does not raise
+    journal.writer.commit_later([_log("fine")], told.append)
+    assert isinstance(told[0], VersionConflict) and told[1] is None
+    assert peek(db, "SELECT version FROM flow_runs") == [(1,)]
+
+
+def test_commit_later_does_not_wait_while_another_thread_commits(
+    db: Path, journal: Journal
+) -> None:
+    import threading
+
+    committing, go_on = threading.Event(), threading.Event()
+    real = journal.writer._commit_batch
+
+    def slow_disk(batch: list[Op]) -> None:
+        committing.set()
+        assert go_on.wait(10)
+        real(batch)
+
+    journal.writer._commit_batch = slow_disk  # type: ignore[method-assign]
+    told: dict[str, tuple[BaseException | None, str]] = {}
+
+    def then(name: str) -> Callable[[BaseException | None], None]:
+        return lambda error: told.setdefault(name, (error, threading.current_thread().name))
+
+    first = threading.Thread(
+        target=journal.writer.commit_later, args=([_log("a")], then("a")), name="first"
+    )
+    first.start()
+    assert committing.wait(10)
+    journal.writer.commit_later([_log("b")], then("b"))  # returns while "first" commits
+    assert told == {} and peek(db, "SELECT count(*) FROM logs") == [(0,)]
+    go_on.set()
+    first.join(10)
+    # the committing thread took the queued write too, and told its caller
+    assert told == {"a": (None, "first"), "b": (None, "first")}
+    assert peek(db, "SELECT message FROM logs ORDER BY id") == [("a",), ("b",)]
+
+
+def test_deferred_writes_are_built_only_if_they_are_committed(db: Path, journal: Journal) -> None:
+    built: list[str] = []
+
+    def build(message: str) -> list[Op]:
+        built.append(message)
+        return [_log(message)]
+
+    kept, taken_back = Writes(build, ("kept",)), Writes(build, ("taken back",))
+    journal.writer.defer(kept, taken_back)
+    assert journal.writer.withdraw([taken_back])
+    assert not journal.writer.withdraw([taken_back])  # gone already
+    journal.flush()
+    assert built == ["kept"]
+    assert peek(db, "SELECT message FROM logs") == [("kept",)]
+    assert not journal.writer.withdraw([kept])  # committed: too late to take it back

@@ -9,7 +9,7 @@ flusher within ``flush_seconds``); the docstrings say which.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -538,15 +538,21 @@ class Journal:
         message: str = "",
         result: StoredResult | None = None,
         also: Sequence[Op] = (),
+        then: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         """Journal a task run's final state and result (durable), with ``also`` in the commit.
 
         A fast task, whose start is still waiting to be committed, is written
-        as one row (see :func:`statements.finish_task`).
+        as one row (see :func:`statements.finish_task`). With ``then``, return
+        at once; ``then(error)`` is called after the commit
+        (:meth:`Writer.commit_later`).
         """
         collapse = bool(start.ops) and self.writer.withdraw(start.ops)
-        ops = finish_task(start, target, name, message, result, clock.now_ms(), collapse)
-        self.writer.commit([*ops, *also])
+        ops = [*finish_task(start, target, name, message, result, clock.now_ms(), collapse), *also]
+        if then is None:
+            self.writer.commit(ops)
+        else:
+            self.writer.commit_later(ops, then)
 
     # -- logs ---------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 from .. import clock
 from ..statemachine import StateType, check_move, path_to_pending
 from .records import StoredResult, TaskRun, TaskStart
-from .writer import Op
+from .writer import Op, Writes
 
 FLOW_COLUMNS = (
     "id, flow_name, entrypoint, parameters, state_type, state_name, state_message, version, "
@@ -146,15 +146,24 @@ def start_task(
 ) -> TaskStart:
     """A new task run, Pending then Running: the writes are in ``TaskStart.ops``.
 
-    ``upstream`` holds the ids of the task runs its inputs came from.
+    ``upstream`` holds the ids of the task runs its inputs came from. The
+    writes are built only if they are committed before the task run ends
+    (see :class:`~persevere.journal.writer.Writes`).
     """
-    task_id, fence = task_run_id(flow_run_id, position), flow_run_id
-    ops = (
-        Op(
-            _INSERT_TASK,
-            (task_id, flow_run_id, position, task_key, dynamic_key, kind, now, upstream),
-            fence=fence,
-        ),
+    task_id = task_run_id(flow_run_id, position)
+    insert = (task_id, flow_run_id, position, task_key, dynamic_key, kind, now, upstream)
+    writes = Writes(_start_ops, insert)
+    return TaskStart(
+        task_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, (writes,),
+        upstream=upstream,
+    )  # fmt: skip
+
+
+def _start_ops(*insert: Any) -> tuple[Op, ...]:
+    """The writes of a task run's start: the row in Pending, then Running."""
+    task_id, fence, now = insert[0], insert[1], insert[6]
+    return (
+        Op(_INSERT_TASK, insert, fence=fence),
         Op(INSERT_STATE, (task_id, 1, None, "PENDING", "Pending", now, "", None), fence=fence),
         Op(
             _TASK_RUNNING,
@@ -163,9 +172,6 @@ def start_task(
             expect=(task_id, 1, "task_runs"),
         ),
         Op(INSERT_STATE, (task_id, 2, "PENDING", "RUNNING", "Running", now, "", None), fence=fence),
-    )
-    return TaskStart(
-        task_id, flow_run_id, position, task_key, dynamic_key, kind, now, 2, ops, upstream=upstream
     )
 
 

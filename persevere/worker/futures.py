@@ -8,6 +8,8 @@ from typing import Any
 
 from ..exceptions import TaskRunCancelled
 from ..statemachine import State, StateType
+from . import outcomes
+from .outcomes import Outcome
 
 
 class PersevereFuture:
@@ -18,16 +20,14 @@ class PersevereFuture:
     task runs at the same places however the threads finished last time.
     """
 
-    def __init__(
-        self, inner: concurrent.futures.Future[State], task_name: str, task_run_id: str | None
-    ) -> None:
+    def __init__(self, inner: Outcome[State], task_name: str, task_run_id: str | None) -> None:
         self._inner = inner
         self.task_name = task_name
         self.task_run_id = task_run_id
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the task run has ended (or ``timeout`` seconds)."""
-        concurrent.futures.wait([self._inner], timeout=timeout)
+        outcomes.wait_all([self._inner], timeout)
 
     def cancel(self) -> bool:
         """Cancel the call if it has not started yet; True if it is cancelled.
@@ -86,7 +86,7 @@ class PersevereFutureList(list[PersevereFuture]):
 
 def wait(futures: Iterable[PersevereFuture], timeout: float | None = None) -> None:
     """Wait until every future has ended (or ``timeout`` seconds)."""
-    concurrent.futures.wait([f._inner for f in futures], timeout=timeout)
+    outcomes.wait_all([f._inner for f in futures], timeout)
 
 
 def as_completed(
@@ -94,5 +94,5 @@ def as_completed(
 ) -> Iterator[PersevereFuture]:
     """The futures, each as soon as it has ended."""
     by_inner = {f._inner: f for f in futures}
-    for inner in concurrent.futures.as_completed(by_inner, timeout=timeout):
+    for inner in outcomes.as_completed(by_inner, timeout):
         yield by_inner[inner]

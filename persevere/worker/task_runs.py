@@ -10,10 +10,10 @@ result is one durable commit, so a sequential task costs one commit.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import random
 import time
+from itertools import repeat
 from typing import Any
 
 from .. import clock
@@ -24,8 +24,10 @@ from ..statemachine import State, StateType, allow_failure, resolve
 from ..statemachine.retries import next_attempt_ms
 from . import caching, hooks
 from .concurrency import Slots, admit_task
+from .dispatch import Call, Dispatching, hand_over
 from .futures import PersevereFuture, PersevereFutureList
 from .logs import get_run_logger
+from .outcomes import Outcome, finished
 from .runners import run_body
 
 
@@ -302,8 +304,11 @@ def _finish(
     """Journal how a task run ended (with the hooks that owes) and run those hooks."""
     version = start.version + 1
     owed = hooks.due(task, start.id, version, target, start.flow_run_id)
-    journal.finish_task_run(start, target, name, message, result, [*(also or ()), *owed])
     state = State(target, name, message, 0, start.id, value)
+    # A submitted call's thread goes on; its future is set once the state is durable.
+    later = target is StateType.COMPLETED and not owed
+    then = hand_over(start.id, state, _failed) if later else None
+    journal.finish_task_run(start, target, name, message, result, [*(also or ()), *owed], then)
     if owed:
         hooks.run_hooks(journal, task, start, state, start.id, version, hooks.event_of(target))
     return state
@@ -349,25 +354,36 @@ def sleep_until(wake_ms: int) -> None:
 
 
 def submit_task(
-    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any] | None = None
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: list[Any] | None = None,
+    context: contextvars.Context | None = None,
 ) -> PersevereFuture:
     """Run a task call on the flow's task runner; returns its future at once.
 
-    The call's identity is taken now, in program order, not when it runs.
+    The call's identity is taken now, in program order, not when it runs. It
+    runs in a copy of ``context`` (default: of the current context, now).
     """
     ctx = flow_run_context.get()
     if ctx is None:  # outside a flow: run it now
-        done: concurrent.futures.Future[State] = concurrent.futures.Future()
-        done.set_result(_state_of(task, args, kwargs, wait_for, None))
-        return PersevereFuture(done, task.name, None)
+        return PersevereFuture(
+            finished(_state_of(task, args, kwargs, wait_for, None)), task.name, None
+        )
     identity = ctx.allocate(task.task_key)
-    context = contextvars.copy_context()
-    executor = ctx.executor_for(ctx.flow.task_runner)
-    inner = executor.submit(context.run, _state_of, task, args, kwargs, wait_for, identity)
-    future = PersevereFuture(inner, task.name, task_run_id(ctx.run.id, identity[0]))
+    run_id = task_run_id(ctx.run.id, identity[0])
+    inner: Outcome[State] = Outcome()
+    call = (task, args, kwargs, wait_for, identity)
+    calls = ctx.executor or ctx.executor_for(Dispatching(ctx.flow.task_runner))
+    calls.put(Call(inner, run_id, context or contextvars.copy_context(), _state_of, call))
+    future = PersevereFuture(inner, task.name, run_id)
     with ctx.lock:
         ctx.futures.append(future)
     return future
+
+
+def _failed(exc: BaseException) -> State:
+    return State(StateType.FAILED, "Failed", describe(exc), 0, None, exc)
 
 
 def _state_of(
@@ -382,7 +398,7 @@ def _state_of(
         state: State = run_task(task, args, kwargs, True, identity, wait_for)
         return state
     except Exception as exc:
-        return State(StateType.FAILED, "Failed", describe(exc), 0, None, exc)
+        return _failed(exc)
 
 
 def map_task(
@@ -395,13 +411,15 @@ def map_task(
     if len(lengths) > 1:
         raise ValueError(f"task {task.name!r}: .map() got iterables of lengths {sorted(lengths)}")
     count = lengths.pop() if lengths else 0
+    columns = [iterables[i] if i in iterables else repeat(_plain(a)) for i, a in enumerate(args)]
+    named_columns = [named[k] if k in named else repeat(_plain(v)) for k, v in kwargs.items()]
+    each_args = zip(*columns, strict=False) if columns else repeat(())
+    each_kwargs = zip(*named_columns, strict=False) if named_columns else repeat(())
+    context = contextvars.copy_context()  # one snapshot: each call runs in a copy of it
     futures = PersevereFutureList()
-    for n in range(count):
-        call_args = tuple(
-            iterables[i][n] if i in iterables else _plain(a) for i, a in enumerate(args)
-        )
-        call_kwargs = {k: named[k][n] if k in named else _plain(v) for k, v in kwargs.items()}
-        futures.append(submit_task(task, call_args, call_kwargs, wait_for))
+    for _, call_args, values in zip(range(count), each_args, each_kwargs, strict=False):
+        call_kwargs = dict(zip(kwargs, values, strict=True))
+        futures.append(submit_task(task, call_args, call_kwargs, wait_for, context))
     return futures
 
 
