@@ -64,3 +64,13 @@ def wait_for(condition: Callable[[], object], timeout: float = 20, every: float 
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         time.sleep(every)
+
+
+def most_at_once(intervals: list[tuple[int, int]]) -> int:
+    """The largest number of [start, end) intervals that overlap at one instant."""
+    events = sorted([(end, -1) for _, end in intervals] + [(start, 1) for start, _ in intervals])
+    running = peak = 0
+    for _, step in events:  # at equal times an end sorts before a start
+        running += step
+        peak = max(peak, running)
+    return peak

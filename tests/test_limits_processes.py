@@ -15,7 +15,7 @@ import pytest
 from persevere import ConcurrencySlotTimeout, concurrency
 from persevere.journal import close_all, open_journal
 
-from .conftest import FLOWS, cli_env, run_cli, wait_for
+from .conftest import FLOWS, cli_env, most_at_once, run_cli, wait_for
 
 LIMITED = f"{FLOWS / 'limited.py'}:limited"
 
@@ -35,16 +35,6 @@ def inspect(db: Path) -> dict[str, Any]:
     done = run_cli(db, "concurrency-limit", "inspect", "db", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
-def most_at_once(intervals: list[tuple[int, int]]) -> int:
-    """The largest number of [start, end) intervals that overlap at one instant."""
-    events = sorted([(end, -1) for _, end in intervals] + [(start, 1) for start, _ in intervals])
-    running = peak = 0
-    for _, step in events:  # at equal times an end sorts before a start
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def test_a_limit_of_two_holds_across_three_flow_processes(db: Path) -> None:

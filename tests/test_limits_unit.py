@@ -47,7 +47,7 @@ from persevere.statemachine import Owner
 from persevere.worker.concurrency import holder_is_dead
 from persevere.worker.owners import process_start, this_process
 
-from .conftest import run_cli, wait_for
+from .conftest import most_at_once, run_cli, wait_for
 
 T = TypeVar("T")
 
@@ -679,16 +679,6 @@ def test_rate_limit_on_a_limit_without_decay_is_an_error(journal: Journal) -> No
 
 
 # -- tagged tasks ------------------------------------------------------------------
-
-
-def most_at_once(intervals: list[tuple[int, int]]) -> int:
-    """The largest number of [start, end) intervals that overlap at one instant."""
-    events = sorted([(end, -1) for _, end in intervals] + [(start, 1) for start, _ in intervals])
-    running = peak = 0
-    for _, step in events:  # at equal times an end sorts before a start
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def names_of(journal: Journal, run_id: str) -> list[str]:
