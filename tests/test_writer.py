@@ -289,3 +289,71 @@ def test_deferred_writes_are_built_only_if_they_are_committed(db: Path, journal:
     assert built == ["kept"]
     assert peek(db, "SELECT message FROM logs") == [("kept",)]
     assert not journal.writer.withdraw([kept])  # committed: too late to take it back
+
+
+def test_an_interrupted_group_commit_tells_every_caller_it_took(tmp_path: Path) -> None:
+    """A thread interrupted (Ctrl-C, a flow deadline) while committing others' writes
+    must not leave them believing they are durable, nor waiting forever."""
+    import threading
+
+    from persevere.exceptions import PersevereError
+    from persevere.journal.writer import Writer
+
+    conn = sqlite3.connect(tmp_path / "w.db", isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE t (x)")
+    writer = Writer(conn, 30_000, 10.0)
+    real = writer._commit_batch
+    entered, release = threading.Event(), threading.Event()
+    calls = 0
+
+    def interrupted_second_time(batch: list[Op]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first commit is slow: the others queue meanwhile
+            entered.set()
+            release.wait(10)
+        elif calls == 2:
+            raise KeyboardInterrupt
+        real(batch)
+
+    writer._commit_batch = interrupted_second_time  # type: ignore[method-assign]
+    outcomes: dict[str, object] = {}
+
+    def plain(name: str, value: str) -> None:
+        try:
+            writer.commit([Op("INSERT INTO t VALUES (?)", (value,))])
+            outcomes[name] = "durable"
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    told: list[BaseException | None] = []
+
+    def later() -> None:
+        try:
+            writer.commit_later([Op("INSERT INTO t VALUES ('4')", ())], told.append)
+            outcomes["later"] = "returned"
+        except BaseException as exc:
+            outcomes["later"] = exc
+
+    first = threading.Thread(target=plain, args=("first", "1"))
+    first.start()
+    assert entered.wait(10)
+    others = [
+        threading.Thread(target=plain, args=("a", "2")),
+        threading.Thread(target=plain, args=("b", "3")),
+        threading.Thread(target=later),
+    ]
+    for thread in others:
+        thread.start()
+    wait_for(lambda: len(writer._waiting) == 3)  # all three queued behind the slow commit
+    release.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert outcomes["first"] == "durable"
+    # Whichever thread committed the group was interrupted; nobody else was told "durable".
+    assert sum(isinstance(outcomes[n], KeyboardInterrupt) for n in ("a", "b", "later")) == 1
+    assert all(outcomes[n] != "durable" for n in ("a", "b"))
+    assert all(isinstance(outcomes[n], PersevereError) for n in ("a", "b") if not
+               isinstance(outcomes[n], KeyboardInterrupt))  # fmt: skip
+    assert len(told) == 1 and isinstance(told[0], PersevereError)
+    assert conn.execute("SELECT x FROM t").fetchall() == [("1",)]

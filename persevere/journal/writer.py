@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .. import clock
-from ..exceptions import LeaseLost, VersionConflict
+from ..exceptions import LeaseLost, PersevereError, VersionConflict
 
 T = TypeVar("T")
 
@@ -195,9 +195,7 @@ class Writer:
         group: list[_Waiter] = []
         with self.lock:
             if not mine.done:
-                with self._queue_lock:
-                    group, self._waiting = self._waiting, []
-                self._commit_group(group)
+                group = self._take_and_commit()
         self._tell(group)
         error = self._outcome(mine)
         if error is not None:
@@ -222,11 +220,10 @@ class Writer:
             while True:
                 with self.lock:
                     with self._queue_lock:
-                        group, self._waiting = self._waiting, []
-                        if not group:
+                        if not self._waiting:
                             self._leading = False
                             return
-                    self._commit_group(group)
+                    group = self._take_and_commit()
                 self._tell(group)
         except BaseException:
             with self._queue_lock:
@@ -243,6 +240,30 @@ class Writer:
             if op.fence is not None and op.fence in self._lost:
                 return LeaseLost(op.fence)
         return None
+
+    def _take_and_commit(self) -> list[_Waiter]:
+        """Take every queued caller and commit their writes (under ``self.lock``).
+
+        If this thread is interrupted (a flow's deadline, Ctrl-C) while
+        committing, every caller it took is told the error (never left
+        believing its writes are durable, nor left waiting) before it is raised.
+        """
+        group: list[_Waiter] = []
+        try:
+            with self._queue_lock:
+                group, self._waiting = self._waiting, []
+            self._commit_group(group)
+        except BaseException as exc:
+            lost = PersevereError(
+                f"a journal commit was interrupted ({type(exc).__name__}); these writes were "
+                "not committed"
+            )
+            for waiter in group:
+                if not waiter.done:
+                    waiter.finish(lost)
+            self._tell(group)
+            raise
+        return group
 
     def _tell(self, group: list[_Waiter]) -> None:
         """Call back the :meth:`commit_later` callers of a group, after its commit."""
