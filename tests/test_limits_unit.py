@@ -441,7 +441,7 @@ def test_draining_never_negative_never_above_decaying_and_never_growing(
     decaying: float, rate: float, decayed_ms: int, offsets: list[int]
 ) -> None:
     limit = ConcurrencyLimit("x", 3, rate, decaying, decayed_ms, 0, 0)
-    assert limit.draining(decayed_ms) == decaying
+    assert limit.draining(decayed_ms) == (decaying if rate > 0 else 0.0)
     values = [limit.draining(decayed_ms + offset) for offset in sorted(offsets)]
     assert all(0.0 <= v <= decaying for v in values)
     assert all(later <= earlier for earlier, later in itertools.pairwise(values))
@@ -452,7 +452,8 @@ def test_draining_drains_at_the_rate() -> None:
     assert limit.draining(9_000) == 3.0  # before it started draining: all of it
     assert limit.draining(10_500) == pytest.approx(2.0)
     assert limit.draining(11_500) == 0.0
-    assert ConcurrencyLimit("x", 3, 0.0, 3.0, 10_000, 0, 0).draining(10**9) == 3.0
+    # Without a decay (a limit that stopped being a rate limit) nothing is held back.
+    assert ConcurrencyLimit("x", 3, 0.0, 3.0, 10_000, 0, 0).draining(10_000) == 0.0
 
 
 # -- concurrency() -----------------------------------------------------------------
@@ -957,3 +958,33 @@ def test_the_concurrency_limit_cli(db: Path, journal: Journal) -> None:
         done = cli(db, "create", *bad, code=2)
         assert complaint in done.stderr and done.stdout == ""
     assert [lim.name for lim in journal.limits.all()] == ["api"]
+
+
+def test_resizing_a_rate_limit_into_a_plain_one_frees_what_drained(journal: Journal) -> None:
+    put(journal, "api", 3, decay=0.5)
+    rate_limit("api", occupy=3)  # all three slots draining, for 6 s
+    journal.limits.put("api", 3, 0.0, clock.now_ms())  # no decay any more
+    with concurrency("api", timeout_seconds=2):  # nothing is held: it gets in at once
+        pass
+
+
+def test_the_cli_keeps_a_rate_limits_decay_when_only_resizing(db: Path, journal: Journal) -> None:
+    assert cli(db, "create", "api", "2", "--slot-decay-per-second", "0.5").returncode == 0
+    assert cli(db, "create", "api", "4").returncode == 0
+    limit = journal.limits.get("api")
+    assert limit is not None and (limit.slots, limit.decay_per_second) == (4, 0.5)
+
+
+def test_a_release_never_frees_a_slot_another_process_took_under_the_same_name(
+    journal: Journal,
+) -> None:
+    journal.limits.put("db", 1, 0, 0)
+    mine = Claimant("run.00000001", "run", "token-A", Owner("host", 1, "a"))
+    theirs = Claimant("run.00000001", "run", "token-B", Owner("host", 2, "b"))
+    assert journal.limits.try_acquire(["db"], mine, 1, None, ALIVE, 1, 1000).acquired
+    dead_a = lambda held, now: held.lease_token == "token-A"  # noqa: E731  (A lost the run)
+    assert journal.limits.try_acquire(["db"], theirs, 1, None, dead_a, 2, 1000).acquired
+    journal.limits.release(["db"], mine, 3)  # A's body ends late: it must not free B's slot
+    assert [h.lease_token for h in journal.limits.holders("db")] == ["token-B"]
+    journal.limits.release(["db"], theirs, 4)
+    assert journal.limits.holders("db") == []

@@ -58,11 +58,12 @@ def _summary(journal: Journal, limit: ConcurrencyLimit) -> dict[str, Any]:
     "--slot-decay-per-second",
     "decay",
     type=click.FloatRange(min=0),
-    default=0.0,
-    help="Make it a rate limit: released slots drain away at this many per second.",
+    default=None,
+    help="Make it a rate limit: released slots drain away at this many per second "
+    "(0: a plain limit; default: 0 for a new limit, unchanged for an existing one).",
 )
 @click.pass_context
-def create(ctx: click.Context, name: str, slots: int, decay: float) -> None:
+def create(ctx: click.Context, name: str, slots: int, decay: float | None) -> None:
     """Create limit NAME of SLOTS slots (or change the size of an existing one).
 
     Task runs tagged NAME (``@task(tags=["NAME"])``) and ``concurrency("NAME")``
@@ -70,6 +71,9 @@ def create(ctx: click.Context, name: str, slots: int, decay: float) -> None:
     the database. With 0 slots they fail at once (ConcurrencyError) instead of running.
     """
     journal = journal_of(ctx)
+    if decay is None:
+        existing = journal.limits.get(name)
+        decay = existing.decay_per_second if existing else 0.0
     created = journal.limits.put(name, slots, decay, clock.now_ms())
     rate = f", draining {decay:g} slot(s) per second" if decay else ""
     click.echo(

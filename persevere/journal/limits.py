@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..statemachine import Owner
 from .records import from_row
@@ -42,8 +42,8 @@ class ConcurrencyLimit:
 
     def draining(self, now_ms: int) -> float:
         """Released (or rate-limited) slots that have not drained away yet."""
-        if not self.decaying:
-            return 0.0
+        if not self.decaying or self.decay_per_second <= 0:
+            return 0.0  # nothing drains, or it is not a rate limit (any more)
         gone = self.decay_per_second * max(0, now_ms - self.decayed_ms) / 1000
         return max(0.0, self.decaying - gone)
 
@@ -132,12 +132,17 @@ class Limits:
         """Create a limit, or change an existing one's size; True if it was created."""
 
         def work(conn: sqlite3.Connection) -> bool:
-            changed = conn.execute(
-                "UPDATE concurrency_limits SET slots = ?, decay_per_second = ?, updated_ms = ? "
-                "WHERE name = ?",
-                (slots, decay_per_second, now_ms, name),
-            ).rowcount
-            if changed:
+            row = conn.execute("SELECT * FROM concurrency_limits WHERE name = ?", (name,))
+            found = row.fetchone()
+            if found is not None:
+                # What drained so far under the old decay is settled first.
+                left = from_row(ConcurrencyLimit, found).draining(now_ms)
+                conn.execute(
+                    "UPDATE concurrency_limits SET slots = ?, decay_per_second = ?, decaying = ?, "
+                    "decayed_ms = ?, updated_ms = ? WHERE name = ?",
+                    (slots, decay_per_second, left if decay_per_second > 0 else 0.0, now_ms,
+                     now_ms, name),
+                )  # fmt: skip
                 return False
             conn.execute(
                 "INSERT INTO concurrency_limits (name, slots, decay_per_second, created_ms, "
@@ -274,17 +279,33 @@ class Limits:
             lambda conn: conn.execute("DELETE FROM concurrency_waiters WHERE ticket = ?", (ticket,))
         )
 
-    def release(self, names: Sequence[str], holder: str, now_ms: int) -> None:
-        """Give back a holder's slots; under a decaying limit they drain away instead."""
+    def release(self, names: Sequence[str], holder: str | Claimant, now_ms: int) -> None:
+        """Give back a holder's slots; under a decaying limit they drain away instead.
+
+        Given the :class:`Claimant`, only slots it took itself are given back:
+        never those that another process took under the same holder name
+        after this one lost its run (a resumed task run has the same id).
+        """
+        if isinstance(holder, Claimant):
+            mine = (
+                " AND lease_token IS ? AND owner_host = ? AND owner_pid = ? AND owner_started = ?"
+            )
+            owner = holder.owner
+            extra: tuple[Any, ...] = (holder.lease_token, owner.host, owner.pid, owner.started)
+            holder = holder.holder
+        else:
+            mine, extra = "", ()
 
         def work(conn: sqlite3.Connection) -> None:
             for name in names:
-                key = (name, holder)
+                key = (name, holder, *extra)
                 row = conn.execute(
-                    "SELECT occupy FROM concurrency_slots WHERE name = ? AND holder = ?", key
+                    "SELECT occupy FROM concurrency_slots WHERE name = ? AND holder = ?" + mine, key
                 ).fetchone()
                 if row is not None:
-                    conn.execute("DELETE FROM concurrency_slots WHERE name = ? AND holder = ?", key)
+                    conn.execute(
+                        "DELETE FROM concurrency_slots WHERE name = ? AND holder = ?" + mine, key
+                    )
                     _drain(conn, name, row[0], now_ms)
 
         self._journal.writer.transaction(work)

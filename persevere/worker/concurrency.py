@@ -66,14 +66,28 @@ class Slots:
     released: bool = False
 
     def release(self) -> None:
-        """Give the slots back (at most once)."""
+        """Give the slots back (at most once).
+
+        A failure to write that (the database locked past its timeout) is
+        logged, not raised: it must not turn a task run that completed into
+        an error, and the slots are freed anyway once their holder's run (or
+        process) ends.
+        """
         if self.released:
             return
         self.released = True
-        if self.names:
-            self.journal.limits.release(self.names, self.claimant.holder, clock.now_ms())
-            with _given_back:
-                _given_back.notify_all()
+        if not self.names:
+            return
+        try:
+            self.journal.limits.release(self.names, self.claimant, clock.now_ms())
+        except Exception as exc:
+            get_run_logger("persevere.concurrency").warning(
+                f"could not give back the slots of {', '.join(self.names)} held by "
+                f"{self.claimant.holder} ({exc}); they are freed when its run or process ends"
+            )
+            return
+        with _given_back:
+            _given_back.notify_all()
 
     def take_again(self) -> None:
         """After :meth:`release`, take the same slots again (waiting in line if need be)."""
