@@ -100,7 +100,7 @@ class Outcome(Generic[T]):
         if self._state == _CANCELLED:
             raise concurrent.futures.CancelledError()
         if self._state != _FINISHED:
-            raise TimeoutError()
+            raise concurrent.futures.TimeoutError()  # the builtin from 3.11 on
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]  # set with the state
@@ -174,7 +174,9 @@ def as_completed(
         while pending:
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
-                raise TimeoutError(f"{len(pending)} of the calls did not end within {timeout} s")
+                raise concurrent.futures.TimeoutError(
+                    f"{len(pending)} of the calls did not end within {timeout} s"
+                )
             try:
                 outcome = ended.get(timeout=wait)
             except queue.Empty:
