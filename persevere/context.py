@@ -33,6 +33,7 @@ class FlowRunContext:
     lock: threading.Lock = field(default_factory=threading.Lock)
     executor: Any = None
     futures: list[Any] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def executor_for(self, runner: Any) -> Any:
         """The flow run's executor for submitted tasks, started on first use."""
@@ -47,9 +48,12 @@ class FlowRunContext:
         ``cancel``: cancel the calls that have not started (default: when not
         waiting). Without ``wait``, running bodies are abandoned.
         """
+        cancelling = not wait if cancel is None else cancel
+        if cancelling:
+            self.stopping.set()  # calls waiting for a concurrency slot give up too
         if self.executor is None:
             return
-        self.executor.shutdown(wait=wait, cancel_futures=not wait if cancel is None else cancel)
+        self.executor.shutdown(wait=wait, cancel_futures=cancelling)
 
     @property
     def flow_run_id(self) -> str:

@@ -988,3 +988,30 @@ def test_a_release_never_frees_a_slot_another_process_took_under_the_same_name(
     assert [h.lease_token for h in journal.limits.holders("db")] == ["token-B"]
     journal.limits.release(["db"], theirs, 4)
     assert journal.limits.holders("db") == []
+
+
+def test_calls_waiting_for_a_slot_give_up_when_the_flow_body_fails(journal: Journal) -> None:
+    put(journal, "db", 1)
+    started = threading.Event()
+    futures: list[Any] = []
+
+    @task(tags=["db"])
+    def hold(i: int) -> int:
+        started.set()
+        time.sleep(0.3)
+        return i
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=6))
+    def failing() -> None:
+        futures.extend(hold.map(range(6)))
+        assert started.wait(10)
+        raise ValueError("the flow body failed")
+
+    with pytest.raises(ValueError, match="the flow body failed"):
+        bounded(failing)
+    states = [f.state.type for f in futures]
+    # One call held the slot when the body failed (at most one more got in before
+    # the waiting calls noticed); the others gave up instead of running later.
+    assert states.count(StateType.COMPLETED) <= 2
+    assert states.count(StateType.CANCELLED) >= 4
+    assert holders(journal) == [] and journal.limits.waiters("db") == []

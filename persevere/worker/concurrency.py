@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from .. import clock
 from ..context import FlowRunContext, flow_run_context, task_run_context
-from ..exceptions import ConcurrencyError, ConcurrencySlotTimeout
+from ..exceptions import ConcurrencyError, ConcurrencySlotTimeout, TaskRunCancelled
 from ..journal import Journal, TaskRun, open_journal, task_run_id
 from ..journal.limits import Attempt, Claimant, ConcurrencyLimit, SlotHolder
 from ..statemachine import owner_is_dead
@@ -102,13 +102,15 @@ def acquire(
     claimant: Claimant,
     timeout_seconds: float | None = None,
     on_wait: Callable[[str], None] | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> tuple[Slots, dict[str, ConcurrencyLimit]]:
     """Take ``occupy`` slots under every limit among ``names``, waiting in line if need be.
 
     Returns the slots and the limits found (names without a limit are not
     limited). ``on_wait(reason)`` is called once, when the
     first attempt must wait. Raises :class:`ConcurrencySlotTimeout` when
-    ``timeout_seconds`` pass first.
+    ``timeout_seconds`` pass first; ``stop()``, called before each new
+    attempt, may raise to give up waiting.
     """
     if occupy < 1:
         raise ConcurrencyError(f"occupy={occupy!r}: take at least one slot")
@@ -143,6 +145,8 @@ def acquire(
             with _given_back:
                 _given_back.wait(pause if left is None else min(pause, left))
             pause = min(pause * 1.5, _LONGEST_PAUSE)
+            if stop is not None:
+                stop()
     finally:
         if ticket is not None:
             journal.limits.leave_line(ticket)
@@ -273,5 +277,9 @@ def admit_task(
             )
         get_run_logger("persevere.concurrency").info(f"task run {task_key}-{dynamic_key} {message}")
 
-    slots, _ = acquire(journal, tags, 1, claimant, None, on_wait)
+    def stop() -> None:
+        if ctx.stopping.is_set():  # the flow body failed: do not start more work
+            raise TaskRunCancelled(task_key, claimant.holder)
+
+    slots, _ = acquire(journal, tags, 1, claimant, None, on_wait, stop)
     return slots, waiting

@@ -18,7 +18,13 @@ from typing import Any
 
 from .. import clock
 from ..context import FlowRunContext, TaskRunContext, flow_run_context, task_run_context
-from ..exceptions import Abort, NonDeterminismError, RunTimeout, SerializationError
+from ..exceptions import (
+    Abort,
+    NonDeterminismError,
+    RunTimeout,
+    SerializationError,
+    TaskRunCancelled,
+)
 from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart, task_run_id
 from ..statemachine import State, StateType, allow_failure, resolve
 from ..statemachine.retries import next_attempt_ms
@@ -397,6 +403,8 @@ def _state_of(
     try:
         state: State = run_task(task, args, kwargs, True, identity, wait_for)
         return state
+    except TaskRunCancelled as exc:  # it waited for a slot while the flow body failed
+        return State(StateType.CANCELLED, "Cancelled", str(exc), 0, exc.task_run_id, exc)
     except Exception as exc:
         return _failed(exc)
 
