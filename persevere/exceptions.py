@@ -248,3 +248,42 @@ class ConcurrencySlotTimeout(PersevereError, TimeoutError):
         super().__init__(
             f"no slot of {', '.join(repr(n) for n in names)} within {seconds:g} s ({reason})"
         )
+
+
+class DeploymentNotFound(PersevereError, LookupError):
+    """No deployment has the name given."""
+
+    def __init__(self, name: str, near: list[str] | None = None) -> None:
+        self.name = name
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        if "/" not in name:
+            hint = "; deployment names are flow-name/deployment-name" + hint
+        super().__init__(f"no deployment {name!r}{hint} (`persevere deployments ls` lists them)")
+
+
+class QueueNotFound(PersevereError, LookupError):
+    """No work queue has the name given."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"no work queue {name!r}; `persevere queues ls` lists them, "
+            f"`persevere queues create {name}` makes it"
+        )
+
+
+class RunNotCancellable(PersevereError):
+    """The run has ended, or cannot be cancelled from here."""
+
+    def __init__(self, run_id: str, why: str) -> None:
+        self.run_id = run_id
+        super().__init__(why)
+
+
+class Terminated(BaseException):
+    """SIGTERM reached a process executing a flow run (a cancel, or a worker
+    shutting down). Not an ``Exception``: the flow's code does not catch it."""
+
+    def __init__(self, signum: int = 15) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")

@@ -19,6 +19,7 @@ from ..settings import Settings
 from ..statemachine import Owner, StateType, check_move, path_to_pending
 from .cache import Cache
 from .connection import configure, connect
+from .deployments import Deployments
 from .files import ResultFiles
 from .hooks import HooksDue
 from .limits import Limits
@@ -51,6 +52,7 @@ from .statements import (
     task_run_id,
     waiting_task,
 )
+from .workers import Workers
 from .writer import Op, Writer
 
 
@@ -79,6 +81,8 @@ class Journal:
         self.cache = Cache(self)
         self.hooks = HooksDue(self)
         self.limits = Limits(self)
+        self.deployments = Deployments(self)
+        self.workers = Workers(self)
 
     # -- reading ------------------------------------------------------------
 
@@ -359,11 +363,21 @@ class Journal:
         return self.get_flow_run(run_id)
 
     def claim_flow_run(
-        self, run: FlowRun, owner: Owner, token: str, name: str = "Running"
+        self,
+        run: FlowRun,
+        owner: Owner,
+        token: str,
+        name: str = "Running",
+        max_auto_resumes: int | None = None,
     ) -> FlowRun:
-        """Move a Pending run to Running (or Retrying) under this owner and lease (durable, CAS)."""
+        """Move a Pending run to Running (or Retrying) under this owner and lease (durable, CAS).
+
+        ``max_auto_resumes`` records the flow's option for the workers that
+        resume the run if it crashes.
+        """
         now = clock.now_ms()
         sets = {
+            "max_auto_resumes": max_auto_resumes,
             "lease_token": token,
             "owner_host": owner.host,
             "owner_pid": owner.pid,
@@ -439,7 +453,11 @@ class Journal:
         state, version = run.state_type, run.version
         retrying = run.state_name == "AwaitingRetry"
         for target, name in path_to_pending(state):
-            sets = {} if retrying or target is not StateType.PENDING else {"retries_used": 0}
+            sets: dict[str, Any] = {}
+            if target is StateType.PENDING:
+                sets = {"worker_name": None}
+                if not retrying:
+                    sets.update(retries_used=0, auto_resumes=0)
             ops += move("flow_runs", run.id, state, version, target, name, message, now, sets)
             state, version = target, version + 1
         self.writer.commit(ops)

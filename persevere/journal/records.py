@@ -50,6 +50,12 @@ class FlowRun:
     result_id: str | None
     run_count: int
     retries_used: int
+    deployment_id: str | None = None
+    work_queue: str | None = None
+    worker_name: str | None = None
+    auto_resumes: int = 0
+    max_auto_resumes: int | None = None
+    tags: str | None = None
 
     @property
     def owner(self) -> Owner | None:

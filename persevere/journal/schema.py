@@ -159,8 +159,47 @@ def _v2(db: Any) -> None:
     db.execute("CREATE TABLE concurrency_tickets (ticket INTEGER PRIMARY KEY AUTOINCREMENT)")
 
 
+def _v3(db: Any) -> None:
+    # Deployments: a flow's entrypoint with default parameters, on a work queue.
+    # ``name`` is "flow-name/deployment-name"; ``signature`` (JSON) lists the
+    # flow's parameters, so a run's parameters are checked where it is made.
+    db.execute(
+        """CREATE TABLE deployments (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, flow_name TEXT NOT NULL,
+            entrypoint TEXT NOT NULL, parameters TEXT NOT NULL DEFAULT '{}',
+            signature TEXT NOT NULL DEFAULT '{}', work_queue TEXT NOT NULL,
+            tags TEXT NOT NULL DEFAULT '[]', description TEXT NOT NULL DEFAULT '',
+            created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+        )"""
+    )
+    # Work queues: where Scheduled runs wait for a worker. ``concurrency_limit``
+    # caps how many of a queue's runs are Pending or Running at once.
+    db.execute(
+        """CREATE TABLE work_queues (
+            name TEXT PRIMARY KEY, concurrency_limit INTEGER, paused INTEGER NOT NULL DEFAULT 0,
+            description TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL
+        )"""
+    )
+    # Workers, as they announce themselves; a worker is live while it heartbeats.
+    db.execute(
+        """CREATE TABLE workers (
+            name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            owner_started TEXT NOT NULL, queues TEXT NOT NULL, run_limit INTEGER NOT NULL,
+            started_ms INTEGER NOT NULL, heartbeat_ms INTEGER NOT NULL, stopped_ms INTEGER
+        )"""
+    )
+    runs = db.table("flow_runs")
+    runs.add_column("worker_name", str)  # the worker that claimed the run
+    runs.add_column("auto_resumes", int, not_null_default=0)  # automatic resumes in a row
+    runs.add_column("max_auto_resumes", int)  # the flow's option, written when it runs
+    runs.add_column("tags", str)
+    runs.create_index(["work_queue", "state_type", "scheduled_ms"])
+    runs.create_index(["worker_name", "state_type"])
+
+
 #: Migration n brings a database from version n-1 to version n.
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,323 @@
+"""Deployments and work queues: what a worker may run, and where runs wait for one.
+
+A deployment names a flow by its entrypoint, with default parameters and a
+work queue. Running it makes a flow run in Scheduled on that queue; a worker
+that polls the queue claims it (see :mod:`.workers`). A queue can be paused
+(its runs wait) and given a limit (at most that many of its runs Pending or
+Running at once, across all workers).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import clock
+from ..exceptions import DeploymentNotFound, QueueNotFound
+from ..statemachine import StateType, check_move
+from .records import FlowRun, from_row
+from .statements import FLOW_COLUMNS, INSERT_STATE, new_id
+from .writer import Op
+
+if TYPE_CHECKING:
+    from .journal import Journal
+
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment as the journal holds it."""
+
+    id: str
+    name: str
+    flow_name: str
+    entrypoint: str
+    parameters: str
+    signature: str
+    work_queue: str
+    tags: str
+    description: str
+    created_ms: int
+    updated_ms: int
+
+    @property
+    def deployment_name(self) -> str:
+        """The part of ``name`` after the flow's name."""
+        return self.name.split("/", 1)[1]
+
+    @property
+    def tag_list(self) -> list[str]:
+        return list(json.loads(self.tags))
+
+
+@dataclass(frozen=True)
+class WorkQueue:
+    """A work queue, with how many of its runs wait and run now."""
+
+    name: str
+    concurrency_limit: int | None
+    paused: int
+    description: str
+    created_ms: int
+    updated_ms: int
+    scheduled: int = 0
+    active: int = 0
+
+
+_QUEUE_COUNTS = (
+    "SELECT q.*, "
+    "(SELECT count(*) FROM flow_runs r WHERE r.work_queue = q.name "
+    " AND r.state_type = 'SCHEDULED') AS scheduled, "
+    "(SELECT count(*) FROM flow_runs r WHERE r.work_queue = q.name "
+    " AND r.state_type IN ('PENDING', 'RUNNING')) AS active "
+    "FROM work_queues q"
+)
+
+
+class Deployments:
+    """Deployments, work queues, and the Scheduled runs made from deployments."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    # -- work queues ----------------------------------------------------------
+
+    def queue(self, name: str) -> WorkQueue:
+        rows = self._journal.query(f"{_QUEUE_COUNTS} WHERE q.name = ?", (name,))
+        if not rows:
+            raise QueueNotFound(name)
+        return from_row(WorkQueue, rows[0])
+
+    def queues(self) -> list[WorkQueue]:
+        rows = self._journal.query(f"{_QUEUE_COUNTS} ORDER BY q.name")
+        return [from_row(WorkQueue, r) for r in rows]
+
+    def create_queue(
+        self, name: str, limit: int | None = None, description: str = "", exist_ok: bool = False
+    ) -> WorkQueue:
+        """Make a work queue (durable). An existing one is an error unless ``exist_ok``."""
+        check_queue_name(name)
+        if limit is not None and limit < 0:
+            raise ValueError(f"queue limit {limit} must be 0 or more")
+        now = clock.now_ms()
+        verb = "INSERT OR IGNORE" if exist_ok else "INSERT"
+        try:
+            self._journal.flush(
+                [
+                    Op(
+                        f"{verb} INTO work_queues (name, concurrency_limit, paused, description, "
+                        "created_ms, updated_ms) VALUES (?, ?, 0, ?, ?, ?)",
+                        (name, limit, description, now, now),
+                    )
+                ]
+            )
+        except sqlite3.IntegrityError:
+            raise ValueError(
+                f"work queue {name!r} exists already; change it with "
+                f"`persevere queues set-limit {name} N` or pause/resume it"
+            ) from None
+        return self.queue(name)
+
+    def _update_queue(self, name: str, sets: str, params: tuple[Any, ...]) -> WorkQueue:
+        self.queue(name)  # a clear error for an unknown name
+        self._journal.flush(
+            [
+                Op(
+                    f"UPDATE work_queues SET {sets}, updated_ms = ? WHERE name = ?",
+                    (*params, clock.now_ms(), name),
+                )
+            ]
+        )
+        return self.queue(name)
+
+    def pause_queue(self, name: str, paused: bool = True) -> WorkQueue:
+        """Stop (or let again) workers claiming the queue's runs (durable)."""
+        return self._update_queue(name, "paused = ?", (1 if paused else 0,))
+
+    def set_queue_limit(self, name: str, limit: int | None) -> WorkQueue:
+        """Cap how many of the queue's runs are Pending or Running at once; None: no cap."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"queue limit {limit} must be 0 or more")
+        return self._update_queue(name, "concurrency_limit = ?", (limit,))
+
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue that no deployment uses and no run waits on (durable)."""
+        queue = self.queue(name)
+        users = self._journal.query(
+            "SELECT name FROM deployments WHERE work_queue = ? ORDER BY name", (name,)
+        )
+        if users:
+            names = ", ".join(r[0] for r in users)
+            raise ValueError(
+                f"work queue {name!r} is used by deployments {names}; delete them first"
+            )
+        if queue.scheduled or queue.active:
+            raise ValueError(
+                f"work queue {name!r} has {queue.scheduled} scheduled and {queue.active} running "
+                "runs; cancel them or let them finish first"
+            )
+        self._journal.flush([Op("DELETE FROM work_queues WHERE name = ?", (name,))])
+
+    # -- deployments ------------------------------------------------------------
+
+    def put(
+        self,
+        *,
+        flow_name: str,
+        name: str,
+        entrypoint: str,
+        parameters: dict[str, Any],
+        signature: dict[str, Any],
+        work_queue: str = DEFAULT_QUEUE,
+        tags: list[str] | None = None,
+        description: str = "",
+    ) -> Deployment:
+        """Register a deployment, or update the one of that name (durable).
+
+        The work queue is made if it does not exist.
+        """
+        check_deployment_name(name)
+        check_queue_name(work_queue)
+        full = f"{flow_name}/{name}"
+        now = clock.now_ms()
+        self.create_queue(work_queue, exist_ok=True)
+        self._journal.flush(
+            [
+                Op(
+                    "INSERT INTO deployments (id, name, flow_name, entrypoint, parameters, "
+                    "signature, work_queue, tags, description, created_ms, updated_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "entrypoint = excluded.entrypoint, parameters = excluded.parameters, "
+                    "signature = excluded.signature, work_queue = excluded.work_queue, "
+                    "tags = excluded.tags, description = excluded.description, "
+                    "updated_ms = excluded.updated_ms",
+                    (
+                        new_id(),
+                        full,
+                        flow_name,
+                        entrypoint,
+                        json.dumps(parameters, sort_keys=True),
+                        json.dumps(signature, sort_keys=True),
+                        work_queue,
+                        json.dumps(sorted(set(tags or []))),
+                        description,
+                        now,
+                        now,
+                    ),
+                )
+            ]
+        )
+        return self.get(full)
+
+    def get(self, name: str) -> Deployment:
+        """The deployment ``flow-name/deployment-name`` (or its id)."""
+        rows = self._journal.query(
+            "SELECT * FROM deployments WHERE name = ? OR id = ?", (name, name)
+        )
+        if not rows:
+            raise DeploymentNotFound(name, self._near(name))
+        return from_row(Deployment, rows[0])
+
+    def _near(self, name: str) -> list[str]:
+        tail = name.rsplit("/", 1)[-1]
+        rows = self._journal.query(
+            "SELECT name FROM deployments WHERE name LIKE ? ORDER BY name LIMIT 5", (f"%/{tail}",)
+        )
+        return [r[0] for r in rows]
+
+    def all(self) -> list[Deployment]:
+        rows = self._journal.query("SELECT * FROM deployments ORDER BY name")
+        return [from_row(Deployment, r) for r in rows]
+
+    def delete(self, name: str) -> Deployment:
+        """Delete a deployment (durable). Its runs stay; Scheduled ones are cancelled."""
+        deployment = self.get(name)
+        waiting = self._journal.query(
+            f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE deployment_id = ? "
+            "AND state_type = 'SCHEDULED'",
+            (deployment.id,),
+        )
+        for row in waiting:
+            self._journal.workers.cancel_waiting(
+                from_row(FlowRun, row), f"deployment {deployment.name} was deleted"
+            )
+        self._journal.flush([Op("DELETE FROM deployments WHERE id = ?", (deployment.id,))])
+        return deployment
+
+    def runs(self, deployment: Deployment, limit: int = 20) -> list[FlowRun]:
+        """A deployment's runs, newest first."""
+        rows = self._journal.query(
+            f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE deployment_id = ? "
+            "ORDER BY created_ms DESC, rowid DESC LIMIT ?",
+            (deployment.id, limit),
+        )
+        return [from_row(FlowRun, r) for r in rows]
+
+    def schedule_run(
+        self,
+        deployment: Deployment,
+        parameters: str,
+        run_key: str | None = None,
+        scheduled_ms: int | None = None,
+        message: str = "",
+    ) -> FlowRun:
+        """Make a Scheduled run of a deployment on its queue (durable).
+
+        ``parameters`` is the stored JSON of the run's parameters. With a
+        ``run_key`` that a run holds already, that run is returned instead.
+        """
+        run_id, now = new_id(), clock.now_ms()
+        check_move(None, StateType.SCHEDULED, "Scheduled", run_id)
+        try:
+            self._journal.flush(
+                [
+                    Op(
+                        "INSERT INTO flow_runs (id, flow_name, entrypoint, parameters, state_type, "
+                        "state_name, version, run_key, deployment_id, work_queue, tags, "
+                        "scheduled_ms, created_ms) "
+                        "VALUES (?, ?, ?, ?, 'SCHEDULED', 'Scheduled', 1, ?, ?, ?, ?, ?, ?)",
+                        (
+                            run_id,
+                            deployment.flow_name,
+                            deployment.entrypoint,
+                            parameters,
+                            run_key,
+                            deployment.id,
+                            deployment.work_queue,
+                            deployment.tags,
+                            now if scheduled_ms is None else scheduled_ms,
+                            now,
+                        ),
+                    ),
+                    Op(
+                        INSERT_STATE,
+                        (run_id, 1, None, "SCHEDULED", "Scheduled", now, message, None),
+                    ),
+                ]
+            )
+        except sqlite3.IntegrityError:
+            existing = self._journal.find_flow_run_by_key(run_key) if run_key else None
+            if existing is None:
+                raise
+            return existing
+        return self._journal.get_flow_run(run_id)
+
+
+def _check_name(kind: str, name: str, extra: str = "") -> None:
+    if not name or name != name.strip() or any(c in name for c in extra + "\n\t"):
+        shown = f"{extra!r}, " if extra else ""
+        raise ValueError(
+            f"{kind} name {name!r} must be non-empty, without {shown}line breaks or "
+            "surrounding spaces"
+        )
+
+
+def check_queue_name(name: str) -> None:
+    _check_name("work queue", name, ",")
+
+
+def check_deployment_name(name: str) -> None:
+    _check_name("deployment", name, "/")
