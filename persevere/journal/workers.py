@@ -17,7 +17,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import clock
 from ..exceptions import RunNotCancellable
@@ -140,7 +140,8 @@ class Workers:
         """
         now = clock.now_ms()
         lease_ms = int(self._journal.settings.lease_seconds * 1000)
-        where, params: list[Any] = "", [now]
+        where = ""
+        params: list[object] = [now]
         if queues:
             where = f"AND r.work_queue IN ({', '.join('?' * len(queues))})"
             params = [*queues, now]
