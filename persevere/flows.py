@@ -31,6 +31,7 @@ class Flow(RunOptions, Generic[P, R]):
     run_key: str | None = None
     description: str | None = None
     task_runner: TaskRunner = dataclasses.field(default_factory=ThreadPoolTaskRunner)
+    max_auto_resumes: int = 3
 
     __persevere_flow__ = True
 
@@ -64,6 +65,7 @@ def flow(
     on_cancellation: Sequence[Hook] = (),
     timeout_seconds: float | None = None,
     task_runner: TaskRunner | None = None,
+    max_auto_resumes: int = 3,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -87,6 +89,7 @@ def flow(
     on_cancellation: Sequence[Hook] = (),
     timeout_seconds: float | None = None,
     task_runner: TaskRunner | None = None,
+    max_auto_resumes: int = 3,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a flow: each call is a durable flow run.
 
@@ -109,7 +112,13 @@ def flow(
         task_runner: where ``.submit`` and ``.map`` run task bodies (default
             ``ThreadPoolTaskRunner()``). The run waits for every submitted
             call before it ends.
+        max_auto_resumes: how many times in a row a worker resumes a run of
+            this flow by itself after it crashed (its process died); 0: never.
     """
+    if isinstance(max_auto_resumes, bool) or not isinstance(max_auto_resumes, int):
+        raise TypeError(f"max_auto_resumes must be an int, not {max_auto_resumes!r}")
+    if max_auto_resumes < 0:
+        raise ValueError(f"max_auto_resumes must be 0 or more, not {max_auto_resumes}")
 
     def decorate(f: Callable[P, R]) -> Flow[P, R]:
         return Flow(
@@ -120,6 +129,7 @@ def flow(
             run_key,
             description or (f.__doc__ or "").strip() or None,
             task_runner or ThreadPoolTaskRunner(),
+            max_auto_resumes,
             retries=retries,
             retry_delay_seconds=retry_delay_seconds,
             retry_jitter_factor=retry_jitter_factor,
