@@ -286,4 +286,5 @@ class Terminated(BaseException):
 
     def __init__(self, signum: int = 15) -> None:
         self.signum = signum
+        self.run_id: str | None = None  # the outermost flow run it stopped, once journaled
         super().__init__(f"terminated by signal {signum}")

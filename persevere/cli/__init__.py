@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cache, limits, run, runs  # noqa: F401  (they register their commands)
+from . import cache, limits, run, runs, workers  # noqa: F401  (they register their commands)
 from .app import cli
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from collections.abc import Callable
 
 import click
 
-from ..exceptions import RunInterrupted
+from ..exceptions import RunInterrupted, Terminated
+from ..journal import open_journal
 from ..statemachine import State, StateType
 from ..worker import entrypoints, parameters
+from ..worker.signals import raise_terminated
 from .app import cli
 from .output import jsonable
 
@@ -36,6 +40,26 @@ def interrupted(run_id: str) -> None:
     sys.exit(130)
 
 
+def terminated(exc: Terminated) -> None:
+    """Say how a run that SIGTERM stopped ended (Cancelled, or Crashed); exit 143."""
+    if exc.run_id is not None:
+        run = open_journal().get_flow_run(exc.run_id)
+        click.echo(f"run {run.id} {run.state_name}: {run.state_message}", err=True)
+    sys.exit(143)
+
+
+def run_here(start: Callable[[], State]) -> State:
+    """Run a flow in this process: Ctrl-C and SIGTERM are journaled, then reported."""
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        return start()
+    except RunInterrupted as exc:
+        interrupted(exc.run_id)
+    except Terminated as exc:
+        terminated(exc)
+    raise AssertionError("unreachable")
+
+
 @cli.command()
 @click.argument("entrypoint")
 @click.option(
@@ -57,9 +81,5 @@ def run(entrypoint: str, params: tuple[str, ...], run_key: str | None) -> None:
     checked = parameters.check(flow.fn, flow.name, values, texts)
     if run_key:
         flow = flow.with_options(run_key=run_key)
-    try:
-        state = flow(**checked, return_state=True)
-    except RunInterrupted as exc:
-        interrupted(exc.run_id)
-        return
+    state = run_here(lambda: flow(**checked, return_state=True))
     report(state, state.run_id or "?")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
 from .. import clock
-from ..exceptions import RunInterrupted
 from ..journal import maintenance
 from ..statemachine import FINAL_TYPES, StateType
 from ..worker import reap, refresh, resume, retry_from
+from ..worker.cancelling import cancel
 from .app import cli, journal_of
 from .output import (
     echo_table,
@@ -25,7 +26,7 @@ from .output import (
     transition_summary,
     upstream_label,
 )
-from .run import interrupted, report
+from .run import report, run_here
 
 STATE_TYPES = [t.value for t in StateType]
 
@@ -175,12 +176,8 @@ def resume_cmd(ctx: click.Context, run_id: str) -> None:
     """
     journal = journal_of(ctx)
     run = journal.resolve_flow_run(run_id)
-    try:
-        state, run = resume(journal, run.id)
-    except RunInterrupted as exc:
-        interrupted(exc.run_id)
-        return
-    report(state, run.id)
+    state = run_here(lambda: resume(journal, run.id)[0])
+    report(state, state.run_id or run.id)
 
 
 @runs.command("retry")
@@ -201,12 +198,32 @@ def retry_cmd(ctx: click.Context, run_id: str, from_task: str) -> None:
     its history are left as they are.
     """
     journal = journal_of(ctx)
-    try:
-        state, run = retry_from(journal, run_id, from_task)
-    except RunInterrupted as exc:
-        interrupted(exc.run_id)
-        return
-    report(state, run.id)
+    state = run_here(lambda: retry_from(journal, run_id, from_task)[0])
+    report(state, state.run_id or "?")
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option(
+    "--grace-seconds",
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    show_default=True,
+    help="After SIGTERM to the run's process group, when to SIGKILL it.",
+)
+@click.pass_context
+def cancel_cmd(ctx: click.Context, run_id: str, grace_seconds: float) -> None:
+    """Cancel a run: a Scheduled or Paused one at once; a Running one is stopped,
+    its whole process group with it (SIGTERM, then SIGKILL after the grace period).
+
+    Exit code 0 once the run is Cancelled (or Cancelling, when its process is
+    on another host and stops itself), 1 if it ended otherwise first.
+    """
+    journal = journal_of(ctx)
+    run = cancel(journal, run_id, grace_seconds, say=lambda line: click.echo(line, err=True))
+    click.echo(f"run {run.id} {run.state_name}", err=True)
+    if run.state_type is not StateType.CANCELLED and run.state_name != "Cancelling":
+        sys.exit(1)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -104,6 +104,7 @@ class _Waiter:
 
 _RENEW = "UPDATE flow_runs SET lease_expires_ms = ? WHERE id = ? AND lease_token = ?"
 _CHECK = "SELECT 1 FROM flow_runs WHERE id = ? AND lease_token = ?"
+_STATE_NAME = "SELECT state_name FROM flow_runs WHERE id = ?"
 
 
 class Writer:
@@ -126,6 +127,8 @@ class Writer:
         self._queue_lock = threading.Lock()
         self._waiting: list[_Waiter] = []
         self._leading = False  # a commit_later caller commits what is queued
+        self._on_cancel: dict[str, Callable[[], None]] = {}  # flow run id -> what to call
+        self._cancelled: list[str] = []
 
     # -- leases -------------------------------------------------------------
 
@@ -142,6 +145,16 @@ class Writer:
         with self.lock:
             self._held.pop(run_id, None)
             self._renewed.pop(run_id, None)
+            self._on_cancel.pop(run_id, None)
+
+    def watch_cancel(self, run_id: str, call: Callable[[], None]) -> None:
+        """Call ``call()`` (once) if a lease renewal finds the held run Cancelling.
+
+        For a run whose canceller cannot signal its process (another host,
+        no worker): the process stops itself within a third of a lease.
+        """
+        with self.lock:
+            self._on_cancel[run_id] = call
 
     def lost(self, run_id: str) -> bool:
         """True if a fence found that another process owns this run now."""
@@ -356,6 +369,10 @@ class Writer:
                     for run_id in fences:
                         if now - self._renewed.get(run_id, 0) >= self._lease_ms // 3:
                             self._renewed[run_id] = now
+                    while self._cancelled:
+                        call = self._on_cancel.pop(self._cancelled.pop(), None)
+                        if call is not None:
+                            call()
                     return
                 conn.execute("ROLLBACK")
             except BaseException:
@@ -379,6 +396,10 @@ class Writer:
                 expires = now + self._lease_ms
                 if conn.execute(_RENEW, (expires, run_id, token)).rowcount != 1:
                     lost.add(run_id)
+                elif run_id in self._on_cancel:
+                    row = conn.execute(_STATE_NAME, (run_id,)).fetchone()
+                    if row is not None and row[0] == "Cancelling":
+                        self._cancelled.append(run_id)
             elif conn.execute(_CHECK, (run_id, token)).fetchone() is None:
                 lost.add(run_id)
         return lost

@@ -22,10 +22,12 @@ from ..exceptions import (
     RunNotResumable,
     RunTimeout,
     SerializationError,
+    Terminated,
+    VersionConflict,
 )
 from ..journal import FlowRun, Journal, StoredResult, new_id, open_journal
 from ..statemachine import State, StateType
-from . import entrypoints, hooks, parameters, recovery
+from . import entrypoints, hooks, parameters, recovery, signals
 from .logs import capture_prints, get_run_logger
 from .owners import this_process
 from .task_runs import check_recorded, describe, load_recorded, retry_time, sleep_until
@@ -53,7 +55,12 @@ def run_flow(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
     run = _find_or_create(journal, flow, params)
     if run.state_type is StateType.COMPLETED:
         return deliver(completed_state(journal, run), return_state)
-    state, _ = execute(journal, flow, run, params)
+    with signals.terminate_gracefully() as graceful:
+        try:
+            state, _ = execute(journal, flow, run, params)
+        except Terminated as exc:
+            graceful.die(exc)  # as SIGTERM would have, once the run is journaled
+            raise
     return deliver(state, return_state)
 
 
@@ -97,8 +104,14 @@ def _check_same_call(run: FlowRun, flow: Any, stored: str) -> None:
         )
 
 
-def _prepare(journal: Journal, run: FlowRun) -> FlowRun:
-    """Bring a run to Pending so that this process can claim it."""
+def _prepare(journal: Journal, run: FlowRun, handoff: str | None = None) -> FlowRun:
+    """Bring a run to Pending so that this process can claim it.
+
+    ``handoff`` is the lease token under which a worker claimed the run for
+    this process: a Pending run held under it is this process's to take.
+    """
+    if handoff is not None and run.state_type is StateType.PENDING and run.lease_token == handoff:
+        return run
     run = recovery.refresh(journal, run)
     me = this_process()
     if run.state_type in (StateType.PENDING, StateType.RUNNING):
@@ -122,19 +135,38 @@ def _prepare(journal: Journal, run: FlowRun) -> FlowRun:
 
 
 def execute(
-    journal: Journal, flow: Any, run: FlowRun, params: dict[str, Any]
+    journal: Journal,
+    flow: Any,
+    run: FlowRun,
+    params: dict[str, Any],
+    handoff: str | None = None,
+    wait_for_retry: bool = True,
 ) -> tuple[State, FlowRun]:
     """Claim a run and execute its flow function; returns the final State and run.
 
     A failure the flow's retry policy allows ends this execution in
     AwaitingRetry; the run is claimed again after the delay and its
-    completed task runs are replayed.
+    completed task runs are replayed. With ``wait_for_retry=False`` (a
+    worker's child process) the AwaitingRetry state is returned instead, and
+    a worker claims the run again when its time comes. ``handoff``: see
+    :func:`_prepare`.
     """
     while True:
-        retrying = run.state_name == "AwaitingRetry"
-        run = _prepare(journal, run)
+        retrying = run.state_name == "AwaitingRetry" or (
+            handoff is not None and _was_awaiting_retry(journal, run)
+        )
+        try:
+            run = _prepare(journal, run, handoff)
+        except VersionConflict:
+            run = journal.get_flow_run(run.id)
+            if run.state_type is StateType.CANCELLED:  # cancelled while it waited
+                return _state_of(run), run
+            raise
         name = "Retrying" if retrying else "Running"
-        run = journal.claim_flow_run(run, this_process(), new_id(), name)
+        run = journal.claim_flow_run(run, this_process(), new_id(), name, flow.max_auto_resumes)
+        handoff = None
+        if run.parent_flow_run_id is None:
+            signals.stop_when_cancelled(journal, run.id)
         recorded = {t.position: t for t in journal.task_runs(run.id)}
         ctx = FlowRunContext(journal, run, flow, recorded, log_prints=flow.log_prints)
         ctx.owed = journal.hooks.owed(run.id)
@@ -165,6 +197,18 @@ def execute(
         if state is not None:
             return state, ctx.run
         run = ctx.run
+        if not wait_for_retry:
+            return _state_of(run), run
+
+
+def _state_of(run: FlowRun) -> State:
+    return State(run.state_type, run.state_name, run.state_message, run.ended_ms or 0, run.id)
+
+
+def _was_awaiting_retry(journal: Journal, run: FlowRun) -> bool:
+    """True if a worker claimed the run from AwaitingRetry (its state before Pending)."""
+    history = journal.history(run.id)
+    return len(history) >= 2 and history[-2].name == "AwaitingRetry"
 
 
 def _run_hooks_at_start(ctx: FlowRunContext, flow: Any) -> None:
@@ -197,6 +241,12 @@ def _end(
 ) -> State:
     """Journal how this execution of the run ended, with the hooks that owes; run them."""
     journal, run = ctx.journal, ctx.run
+    if _cancel_requested(ctx) and target is not StateType.COMPLETED:
+        target, name = StateType.CANCELLED, "Cancelled"
+        message = ctx.run.state_message or "cancelled"
+        value = None
+        options.pop("result", None)
+    run = ctx.run
     version = run.version + 1
     owed = hooks.due(flow, run.id, version, target, run.id)
     ctx.run = journal.finish_flow_run(run, target, name, message, also=owed, **options)
@@ -204,6 +254,19 @@ def _end(
     if owed:
         hooks.run_hooks(journal, flow, ctx.run, state, run.id, version, hooks.event_of(target))
     return state
+
+
+def _cancel_requested(ctx: FlowRunContext) -> bool:
+    """True if somebody asked to cancel the run (it is Cancelling); ``ctx.run`` is refreshed.
+
+    A cancel request moves the run Running -> Cancelling while this process
+    holds it, so the version this process last wrote is behind by one.
+    """
+    now = ctx.journal.get_flow_run(ctx.run.id)
+    if now.version == ctx.run.version or now.lease_token != ctx.run.lease_token:
+        return False
+    ctx.run = now
+    return now.state_name == "Cancelling"
 
 
 def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | None:
@@ -233,7 +296,8 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
         raise  # the run is somebody else's now: record nothing
     except Exception as exc:
         wake = retry_time(flow, run.retries_used, exc, run)
-        if wake is not None:
+        if wake is not None and not _cancel_requested(ctx):
+            run = ctx.run
             extra = {"scheduled_ms": wake, "retries_used": run.retries_used + 1}
             ctx.run = journal.finish_flow_run(
                 run, StateType.SCHEDULED, "AwaitingRetry", describe(exc), extra=extra
@@ -242,7 +306,10 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
         name = "TimedOut" if isinstance(exc, RunTimeout) else "Failed"
         return _end(ctx, flow, StateType.FAILED, name, describe(exc), exc)
     except BaseException as exc:
-        _end(ctx, flow, StateType.CRASHED, "Crashed", f"interrupted by {type(exc).__name__}", exc)
+        what = str(exc) if isinstance(exc, Terminated) else f"interrupted by {type(exc).__name__}"
+        _end(ctx, flow, StateType.CRASHED, "Crashed", what, exc)
+        if isinstance(exc, Terminated):
+            exc.run_id = run.id  # the outermost run's id is what is left when it arrives
         if isinstance(exc, KeyboardInterrupt):
             raise RunInterrupted(run.id) from exc  # each level names its own run
         raise

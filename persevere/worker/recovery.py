@@ -32,7 +32,8 @@ def is_abandoned(run: FlowRun, now_ms: int | None = None) -> bool:
 
 
 def reap(journal: Journal, runs: list[FlowRun] | None = None) -> list[FlowRun]:
-    """Declare Crashed every active run whose owner is gone; returns those runs."""
+    """Declare Crashed (or Cancelled, if it was Cancelling) every active run whose owner
+    is gone; returns those runs."""
     crashed = []
     for run in journal.active_flow_runs() if runs is None else runs:
         if run.state_type not in ACTIVE or not is_abandoned(run):
@@ -40,7 +41,10 @@ def reap(journal: Journal, runs: list[FlowRun] | None = None) -> list[FlowRun]:
         owner = run.owner
         who = owner.label() if owner else "unknown"
         try:
-            crashed.append(journal.mark_crashed(run, f"its process {who} is gone"))
+            if run.state_name == "Cancelling":  # what was asked for has happened
+                crashed.append(journal.workers.finish_cancel(run, f"its process {who} is gone"))
+            else:
+                crashed.append(journal.mark_crashed(run, f"its process {who} is gone"))
         except VersionConflict:
             continue  # somebody else moved it first (maybe reaped it too)
     return crashed

@@ -32,7 +32,7 @@ def _top_level(journal: Journal, run_id: str) -> FlowRun:
     return run
 
 
-def _flow_of(run: FlowRun) -> Any:
+def flow_of(run: FlowRun) -> Any:
     if not run.entrypoint:
         raise RunNotResumable(
             run.id,
@@ -59,7 +59,7 @@ def resume(journal: Journal, run_id: str) -> tuple[State, FlowRun]:
     run = _top_level(journal, run_id)
     if run.state_type not in RESUMABLE and run.state_name != "AwaitingRetry":
         raise RunNotResumable(run.id, run.state_name)
-    flow = _flow_of(run)
+    flow = flow_of(run)
     return execute(journal, flow, run, parameters.decode(journal, run.parameters))
 
 
@@ -85,7 +85,7 @@ def retry_from(journal: Journal, run_id: str, task_label: str) -> tuple[State, F
             f"run {source.id} is {source.state_name}; only a finished run can be retried",
         )
     task = find_task(journal.task_runs(source.id), task_label)
-    flow = _flow_of(source)
+    flow = flow_of(source)
     label = f"{task.task_key}-{task.dynamic_key}"
     run = journal.fork_flow_run(
         source, task.position, this_process(), f"retry of run {source.id} from {label}"

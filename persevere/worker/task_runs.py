@@ -24,6 +24,7 @@ from ..exceptions import (
     RunTimeout,
     SerializationError,
     TaskRunCancelled,
+    Terminated,
 )
 from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart, task_run_id
 from ..statemachine import State, StateType, allow_failure, resolve
@@ -266,12 +267,23 @@ def _attempts(
             start = journal.retry_task_run(start)
             continue
         except BaseException as exc:
+            if _flow_cancelling(ctx, exc):
+                message = "cancelled with its flow run"
+                _finish(journal, task, start, StateType.CANCELLED, "Cancelled", message, value=exc)
+                raise
             message = f"interrupted by {type(exc).__name__}"
             _finish(journal, task, start, StateType.CRASHED, "Crashed", message, value=exc)
             raise
         finally:
             task_run_context.reset(token)
         return _complete(ctx, task, start, value, return_state, cache_key)
+
+
+def _flow_cancelling(ctx: FlowRunContext, exc: BaseException) -> bool:
+    """True if SIGTERM stopped the task because its flow run is being cancelled."""
+    if not isinstance(exc, Terminated):
+        return False
+    return ctx.journal.get_flow_run(ctx.run.id).state_name == "Cancelling"
 
 
 def _complete(
