@@ -123,8 +123,11 @@ class Worker:
 
     def register(self) -> None:
         """Announce the worker; refuse a name a live worker uses."""
+        known = {q.name for q in self.journal.deployments.queues()}
         for queue in self.queues:
-            self.journal.deployments.queue(queue)  # a clear error for an unknown queue
+            if queue not in known:  # as deployments do: a queue is made when first named
+                self.journal.deployments.create_queue(queue, exist_ok=True)
+                self.say(f"work queue {queue!r} created")
         existing = self.journal.workers.get(self.name)
         mine = existing is None or existing.owner == this_process()
         if existing is not None and not mine and is_live(existing, clock.now_ms(), self._lease_ms):
