@@ -146,18 +146,21 @@ class Workers:
             where = f"AND r.work_queue IN ({', '.join('?' * len(queues))})"
             params = [*queues, now]
 
+        due = (
+            "SELECT r.id, r.version FROM flow_runs r "
+            "JOIN work_queues q ON q.name = r.work_queue "
+            f"WHERE r.state_type = 'SCHEDULED' {where} AND q.paused = 0 "
+            "AND COALESCE(r.scheduled_ms, 0) <= ? "
+            "AND (q.concurrency_limit IS NULL OR q.concurrency_limit > "
+            "  (SELECT count(*) FROM flow_runs a WHERE a.work_queue = q.name "
+            f"   AND a.state_type IN {_ACTIVE})) "
+            "ORDER BY r.scheduled_ms, r.id LIMIT 1"
+        )
+        if not self._journal.query(due, params):
+            return None  # an idle poll reads; it takes no write lock
+
         def work(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT r.id, r.version FROM flow_runs r "
-                "JOIN work_queues q ON q.name = r.work_queue "
-                f"WHERE r.state_type = 'SCHEDULED' {where} AND q.paused = 0 "
-                "AND COALESCE(r.scheduled_ms, 0) <= ? "
-                "AND (q.concurrency_limit IS NULL OR q.concurrency_limit > "
-                "  (SELECT count(*) FROM flow_runs a WHERE a.work_queue = q.name "
-                f"   AND a.state_type IN {_ACTIVE})) "
-                "ORDER BY r.scheduled_ms, r.id LIMIT 1",
-                params,
-            ).fetchone()
+            row = conn.execute(due, params).fetchone()
             if row is None:
                 return None
             run_id, version = row[0], row[1]
