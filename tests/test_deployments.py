@@ -517,6 +517,19 @@ def test_watch_exits_1_when_the_run_fails(db: Path, journal: Journal) -> None:
     assert "Traceback" not in err
 
 
+def test_watch_says_when_the_result_cannot_be_loaded_here(db: Path, journal: Journal) -> None:
+    ok("deploy", ep("boxed"), "--name", "b")
+    run = persevere.run_deployment("boxed/b", run_key="box")
+    assert work_one(journal).state_type is StateType.COMPLETED
+    # a pickled instance of a class of the flow's module, which the watcher cannot import
+    result = run_cli(db, "deployments", "run", "boxed/b", "--run-key", "box", "--watch")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "its result cannot be loaded here: ModuleNotFoundError" in result.stderr
+    assert result.stderr.strip().endswith(f"run {run.id} Completed")
+    assert "Traceback" not in result.stderr
+
+
 def test_watch_of_a_finished_run_key_reports_at_once(db: Path, journal: Journal) -> None:
     deployed.add.deploy("n", parameters={"a": 4})
     run = persevere.run_deployment("add/n", run_key="once")

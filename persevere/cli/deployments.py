@@ -204,8 +204,9 @@ def _final_state(journal: Journal, run: FlowRun) -> State:
     if run.state_type is StateType.COMPLETED:
         try:
             return completed_state(journal, run)
-        except PersevereError as exc:
-            click.echo(f"  (its result cannot be loaded here: {exc})", err=True)
+        except (PersevereError, ImportError, AttributeError) as exc:
+            # A pickled result of a class only the worker's code defines.
+            click.echo(f"  its result cannot be loaded here: {type(exc).__name__}: {exc}", err=True)
     return State(run.state_type, run.state_name, run.state_message, run.ended_ms or 0, run.id)
 
 

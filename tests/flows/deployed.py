@@ -34,6 +34,18 @@ def boom() -> None:
     raise RuntimeError("kaboom on purpose")
 
 
+class Box:
+    """A value only this module's importers can unpickle."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+@flow(result_serializer="pickle")
+def boxed() -> Box:
+    return Box(7)
+
+
 @flow(name="team/etl")
 def slashed() -> None:
     pass
