@@ -446,14 +446,15 @@ def test_delete_cancels_the_runs_waiting_for_a_worker(db: Path, journal: Journal
     ok("deploy", ep("add"), "--name", "n", "-p", "a=1")
     waiting = [ok("deployments", "run", "add/n").stdout.strip() for _ in range(2)]
     claimed = journal.workers.claim("w", [], this_process(), new_id())
-    assert claimed is not None and claimed.id == waiting[0]
+    assert claimed is not None and claimed.id in waiting
+    [other] = set(waiting) - {claimed.id}
     result = ok("deployments", "delete", "add/n")
     assert result.stdout == "deleted deployment 'add/n'; cancelled 1 scheduled run\n"
-    gone = journal.get_flow_run(waiting[1])
+    gone = journal.get_flow_run(other)
     assert (gone.state_type, gone.state_message) == (
         StateType.CANCELLED, "deployment add/n was deleted"
     )  # fmt: skip
-    assert journal.get_flow_run(waiting[0]).state_type is StateType.PENDING  # it goes on
+    assert journal.get_flow_run(claimed.id).state_type is StateType.PENDING  # it goes on
     assert as_json("deployments", "ls") == []
     assert "no deployment 'add/n'" in error_line(invoke("deployments", "run", "add/n"))
     # the runs and their history stay
@@ -749,12 +750,12 @@ def test_pause_and_limits_decide_what_a_worker_may_claim(db: Path, journal: Jour
     ok("queues", "resume", "q")
     ok("queues", "set-limit", "q", "1")
     taken = claim()
-    assert taken is not None and taken.id == first
+    assert taken is not None and taken.id in (first, second)
     assert claim() is None  # the queue's one place is taken
     assert as_json("queues", "ls")[0]["running"] == 1
     ok("queues", "set-limit", "q", "none")
     again = claim()
-    assert again is not None and again.id == second
+    assert again is not None and {again.id, taken.id} == {first, second}
 
 
 def test_queue_errors_from_python(journal: Journal) -> None:
