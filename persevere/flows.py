@@ -57,7 +57,8 @@ class Flow(RunOptions, Generic[P, R]):
         A worker (``persevere worker start``) polling ``queue`` executes the
         runs made with ``persevere deployments run`` or
         :func:`persevere.run_deployment`. The flow must be defined at the top
-        level of a ``.py`` file: the worker imports it from there.
+        level of a ``.py`` file: the worker imports it from there (so call
+        ``deploy`` under ``if __name__ == "__main__":``, not on import).
 
         Args:
             name: the deployment's name (without ``/``).
