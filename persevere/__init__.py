@@ -14,6 +14,7 @@ from .exceptions import (
     Abort,
     ConcurrencyError,
     ConcurrencySlotTimeout,
+    DeploymentNotFound,
     InvalidTransition,
     LeaseLost,
     NonDeterminismError,
@@ -37,6 +38,7 @@ from .statemachine.retries import exponential_backoff
 from .tasks import Task, task
 from .worker import get_run_logger
 from .worker.concurrency import concurrency, rate_limit
+from .worker.deploying import Deployment, run_deployment
 from .worker.futures import PersevereFuture, as_completed, wait
 from .worker.runners import (
     DaskTaskRunner,
@@ -58,6 +60,8 @@ __all__ = [
     "ConcurrencyError",
     "ConcurrencySlotTimeout",
     "DaskTaskRunner",
+    "Deployment",
+    "DeploymentNotFound",
     "Flow",
     "InvalidTransition",
     "LeaseLost",
@@ -91,6 +95,7 @@ __all__ = [
     "get_run_logger",
     "idempotency_key",
     "rate_limit",
+    "run_deployment",
     "task",
     "unmapped",
     "wait",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .callables import Hook, RunOptions
 from .statemachine import State
 from .statemachine.retries import DelaySpec
-from .worker import run_flow
+from .worker import deploying, run_flow
+from .worker.deploying import DEFAULT_QUEUE, Deployment
 from .worker.runners import TaskRunner, ThreadPoolTaskRunner
 
 P = ParamSpec("P")
@@ -42,6 +43,36 @@ class Flow(RunOptions, Generic[P, R]):
     def with_options(self, **changes: Any) -> Flow[P, R]:
         """A copy of this flow with other options, e.g. ``with_options(run_key="nightly")``."""
         return dataclasses.replace(self, **changes)
+
+    def deploy(
+        self,
+        name: str,
+        parameters: Mapping[str, Any] | None = None,
+        queue: str = DEFAULT_QUEUE,
+        tags: Iterable[str] = (),
+        description: str | None = None,
+    ) -> Deployment:
+        """Register this flow as deployment ``<flow name>/<name>``, or update it.
+
+        A worker (``persevere worker start``) polling ``queue`` executes the
+        runs made with ``persevere deployments run`` or
+        :func:`persevere.run_deployment`. The flow must be defined at the top
+        level of a ``.py`` file: the worker imports it from there (so call
+        ``deploy`` under ``if __name__ == "__main__":``, not on import).
+
+        Args:
+            name: the deployment's name (without ``/``).
+            parameters: default parameters of its runs, checked against the flow.
+            queue: the work queue its runs wait on (made if missing).
+            tags: tags of the deployment and its runs.
+            description: shown by ``persevere deployments inspect`` (default:
+                the flow's description).
+
+        Returns:
+            The deployment as stored.
+        """
+        deployment, _ = deploying.deploy(self, name, parameters, queue, tags, description)
+        return deployment
 
 
 @overload

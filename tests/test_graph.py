@@ -122,6 +122,12 @@ def test_a_version_1_database_is_migrated_keeping_its_runs(tmp_path: Path) -> No
     [old] = journal.task_runs("r1")
     assert old.task_key == "t" and old.upstream_ids == []
     assert journal.query("SELECT count(*) FROM concurrency_limits")[0][0] == 0
+    # v3: deployments, work queues, workers; the old run is on no queue
+    run = journal.get_flow_run("r1")
+    assert (run.state_name, run.auto_resumes, run.work_queue, run.worker_name) == (
+        "Completed", 0, None, None
+    )  # fmt: skip
+    assert journal.deployments.all() == [] and journal.workers.all() == []
 
 
 def test_futures_inside_containers_are_resolved_and_other_containers_kept(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import cache, limits, run, runs, workers  # noqa: F401  (they register their commands)
+# The command modules register their commands on import.
+from . import cache, deployments, limits, queues, run, runs, workers  # noqa: F401
 from .app import cli
 
 

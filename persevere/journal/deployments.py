@@ -9,15 +9,17 @@ Running at once, across all workers).
 
 from __future__ import annotations
 
+import difflib
 import json
 import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
-from ..exceptions import DeploymentNotFound, QueueNotFound
+from ..exceptions import DeploymentNotFound, QueueNotFound, RunKeyConflict, VersionConflict
 from ..statemachine import StateType, check_move
 from .records import FlowRun, from_row
+from .results import to_json
 from .statements import FLOW_COLUMNS, INSERT_STATE, new_id
 from .writer import Op
 
@@ -45,8 +47,8 @@ class Deployment:
 
     @property
     def deployment_name(self) -> str:
-        """The part of ``name`` after the flow's name."""
-        return self.name.split("/", 1)[1]
+        """The part of ``name`` after the flow's name (which holds no ``/``)."""
+        return self.name.rsplit("/", 1)[1]
 
     @property
     def tag_list(self) -> list[str]:
@@ -177,8 +179,10 @@ class Deployments:
     ) -> Deployment:
         """Register a deployment, or update the one of that name (durable).
 
-        The work queue is made if it does not exist.
+        ``parameters`` are stored as typed JSON, as a flow run's are. The
+        work queue is made if it does not exist.
         """
+        check_flow_name(flow_name)
         check_deployment_name(name)
         check_queue_name(work_queue)
         full = f"{flow_name}/{name}"
@@ -199,7 +203,7 @@ class Deployments:
                         full,
                         flow_name,
                         entrypoint,
-                        json.dumps(parameters, sort_keys=True),
+                        to_json(parameters),
                         json.dumps(signature, sort_keys=True),
                         work_queue,
                         json.dumps(sorted(set(tags or []))),
@@ -212,40 +216,57 @@ class Deployments:
         )
         return self.get(full)
 
-    def get(self, name: str) -> Deployment:
-        """The deployment ``flow-name/deployment-name`` (or its id)."""
+    def find(self, name: str) -> Deployment | None:
+        """The deployment ``flow-name/deployment-name`` (or its id), if there is one."""
         rows = self._journal.query(
             "SELECT * FROM deployments WHERE name = ? OR id = ?", (name, name)
         )
-        if not rows:
+        return from_row(Deployment, rows[0]) if rows else None
+
+    def get(self, name: str) -> Deployment:
+        """The deployment ``flow-name/deployment-name`` (or its id)."""
+        found = self.find(name)
+        if found is None:
             raise DeploymentNotFound(name, self._near(name))
-        return from_row(Deployment, rows[0])
+        return found
 
     def _near(self, name: str) -> list[str]:
+        """Names close to ``name``: same deployment name, or a likely typo."""
+        names = [r[0] for r in self._journal.query("SELECT name FROM deployments ORDER BY name")]
         tail = name.rsplit("/", 1)[-1]
-        rows = self._journal.query(
-            "SELECT name FROM deployments WHERE name LIKE ? ORDER BY name LIMIT 5", (f"%/{tail}",)
-        )
-        return [r[0] for r in rows]
+        near = [n for n in names if n.rsplit("/", 1)[1] == tail]
+        near += difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+        return list(dict.fromkeys(near))[:5]
 
     def all(self) -> list[Deployment]:
         rows = self._journal.query("SELECT * FROM deployments ORDER BY name")
         return [from_row(Deployment, r) for r in rows]
 
-    def delete(self, name: str) -> Deployment:
-        """Delete a deployment (durable). Its runs stay; Scheduled ones are cancelled."""
+    def delete(self, name: str) -> tuple[Deployment, list[FlowRun]]:
+        """Delete a deployment (durable); returns it and the runs cancelled.
+
+        Its runs stay. Those waiting for a worker (Scheduled, Late) are
+        cancelled; a run a process holds (waiting for its retry, say) goes on.
+        """
         deployment = self.get(name)
+        self._journal.flush([Op("DELETE FROM deployments WHERE id = ?", (deployment.id,))])
+        # After the delete, so that no new run of it can be made meanwhile.
         waiting = self._journal.query(
             f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE deployment_id = ? "
-            "AND state_type = 'SCHEDULED'",
+            "AND state_type = 'SCHEDULED' AND state_name IN ('Scheduled', 'Late')",
             (deployment.id,),
         )
+        cancelled = []
         for row in waiting:
-            self._journal.workers.cancel_waiting(
-                from_row(FlowRun, row), f"deployment {deployment.name} was deleted"
-            )
-        self._journal.flush([Op("DELETE FROM deployments WHERE id = ?", (deployment.id,))])
-        return deployment
+            try:
+                cancelled.append(
+                    self._journal.workers.cancel_waiting(
+                        from_row(FlowRun, row), f"deployment {deployment.name} was deleted"
+                    )
+                )
+            except VersionConflict:
+                continue  # a worker claimed it meanwhile: it runs
+        return deployment, cancelled
 
     def runs(self, deployment: Deployment, limit: int = 20) -> list[FlowRun]:
         """A deployment's runs, newest first."""
@@ -267,8 +288,14 @@ class Deployments:
         """Make a Scheduled run of a deployment on its queue (durable).
 
         ``parameters`` is the stored JSON of the run's parameters. With a
-        ``run_key`` that a run holds already, that run is returned instead.
+        ``run_key`` that a run holds already, that run is returned instead,
+        if it is a run of this deployment with these parameters; else
+        :class:`RunKeyConflict`.
         """
+        if run_key is not None:
+            existing = self._journal.find_flow_run_by_key(run_key)
+            if existing is not None:
+                return _same_request(existing, deployment, parameters, run_key)
         run_id, now = new_id(), clock.now_ms()
         check_move(None, StateType.SCHEDULED, "Scheduled", run_id)
         try:
@@ -300,10 +327,27 @@ class Deployments:
             )
         except sqlite3.IntegrityError:
             existing = self._journal.find_flow_run_by_key(run_key) if run_key else None
-            if existing is None:
+            if existing is None or run_key is None:
                 raise
-            return existing
+            return _same_request(existing, deployment, parameters, run_key)
         return self._journal.get_flow_run(run_id)
+
+
+def _same_request(run: FlowRun, deployment: Deployment, parameters: str, run_key: str) -> FlowRun:
+    """The run that holds ``run_key``, if it was asked for with the same deployment
+    and parameters."""
+    if run.deployment_id != deployment.id:
+        whose = "of no deployment" if run.deployment_id is None else "of another deployment"
+        raise RunKeyConflict(
+            run_key, f"belongs to run {run.id} {whose} (flow {run.flow_name!r}); use another key"
+        )
+    if run.parameters != parameters:
+        raise RunKeyConflict(
+            run_key,
+            f"was given to run {run.id} with other parameters ({run.parameters}); "
+            "use a new run key for new parameters",
+        )
+    return run
 
 
 def _check_name(kind: str, name: str, extra: str = "") -> None:
@@ -321,3 +365,13 @@ def check_queue_name(name: str) -> None:
 
 def check_deployment_name(name: str) -> None:
     _check_name("deployment", name, "/")
+
+
+def check_flow_name(name: str) -> None:
+    """A deployed flow's name holds no ``/``: deployment names are flow/deployment."""
+    if "/" in name:
+        raise ValueError(
+            f"flow name {name!r} holds a '/', but deployment names are "
+            "flow-name/deployment-name; give the flow another name with @flow(name=...)"
+        )
+    _check_name("flow", name)

@@ -20,7 +20,7 @@ import sys
 from ..exceptions import PersevereError, Terminated, VersionConflict
 from ..journal import FlowRun, Journal, new_id, open_journal
 from ..statemachine import StateType
-from . import parameters, reruns
+from . import deploying, reruns
 from .flow_runs import execute
 from .owners import this_process
 from .signals import raise_terminated
@@ -44,7 +44,7 @@ def run_claimed(run_id: str, token: str) -> int:
         return 0
     try:
         flow = reruns.flow_of(run)
-        params = parameters.decode(journal, run.parameters)
+        params = deploying.run_parameters(journal, flow, run)
     except PersevereError as exc:
         _fail_unloadable(journal, run, f"cannot load the flow: {exc}")
         return 1

@@ -161,6 +161,10 @@ def execute(
             run = journal.get_flow_run(run.id)
             if run.state_type is StateType.CANCELLED:  # cancelled while it waited
                 return _state_of(run), run
+            if run.worker_name is not None:  # its retry came due and a worker took it
+                raise RunNotResumable(
+                    run.id, run.state_name, f"run {run.id} was taken by worker {run.worker_name}"
+                ) from None
             raise
         name = "Retrying" if retrying else "Running"
         run = journal.claim_flow_run(run, this_process(), new_id(), name, flow.max_auto_resumes)

@@ -52,12 +52,15 @@ def check(
     flow_name: str,
     params: dict[str, Any],
     texts: Mapping[str, str] | None = None,
+    *,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Validate and coerce parameters against ``fn``'s signature and type hints.
 
     ``texts`` holds the command-line text of each value: a value parsed as
     JSON that does not fit its type is tried as that text (so ``-p label=123``
-    gives the string "123" to a ``str`` parameter).
+    gives the string "123" to a ``str`` parameter). With ``partial``, required
+    parameters may be missing (a deployment's defaults, completed per run).
     """
     signature = inspect.signature(fn)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
@@ -72,7 +75,7 @@ def check(
                 f"flow {flow_name!r} has no parameter {name!r}; "
                 f"it takes: {', '.join(known) or 'none'}"
             )
-    for name in known:
+    for name in [] if partial else known:
         if name not in params and signature.parameters[name].default is inspect.Parameter.empty:
             raise ParameterError(f"flow {flow_name!r} needs parameter {name!r} (-p {name}=VALUE)")
     try:
@@ -81,7 +84,7 @@ def check(
         hints = {}
     checked = dict(params)
     for name, value in params.items():
-        if name in hints and hints[name] is not Any:
+        if name in known and name in hints and hints[name] is not Any:
             text = (texts or {}).get(name)
             try:
                 checked[name] = _coerce(flow_name, name, hints[name], value)
