@@ -733,7 +733,7 @@ def test_a_queue_in_use_is_not_deleted(db: Path, journal: Journal) -> None:
     ok("deployments", "run", "add/n")
     ok("deploy", ep("add"), "--name", "n", "-p", "a=1", "--queue", "other")  # its run stays on q
     line = error_line(invoke("queues", "delete", "q"))
-    assert "has 1 scheduled and 0 running runs" in line
+    assert "has 1 unfinished runs (1 scheduled, 0 running" in line
     work_one(journal, ["q"])
     ok("queues", "delete", "q")
 

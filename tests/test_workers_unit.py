@@ -663,6 +663,14 @@ class WorkQueuesMachine(RuleBasedStateMachine):
             model.name = "Cancelling"
         elif model.name == "Cancelling":
             assert self.journal.workers.request_cancel(run, "again") == run
+        elif model.may_resume_automatically():  # cancelled on its way back to a worker
+            after = self.journal.workers.request_cancel(run, "cancelled")
+            assert after.state_name == "Cancelled"
+            assert [t.name for t in self.journal.history(run.id)][-2:] == [
+                "Scheduled",
+                "Cancelled",
+            ]
+            model.name, model.token = "Cancelled", None
         else:
             with pytest.raises(RunNotCancellable):
                 self.journal.workers.request_cancel(run, "too late")

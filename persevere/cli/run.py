@@ -45,6 +45,8 @@ def terminated(exc: Terminated) -> None:
     if exc.run_id is not None:
         run = open_journal().get_flow_run(exc.run_id)
         click.echo(f"run {run.id} {run.state_name}: {run.state_message}", err=True)
+    else:
+        click.echo("persevere: stopped by SIGTERM", err=True)
     sys.exit(143)
 
 

@@ -156,10 +156,17 @@ class Deployments:
             raise ValueError(
                 f"work queue {name!r} is used by deployments {names}; delete them first"
             )
-        if queue.scheduled or queue.active:
+        # A Paused or Crashed run comes back to its queue (resumed, automatically or not).
+        unfinished = self._journal.query(
+            "SELECT count(*) FROM flow_runs WHERE work_queue = ? "
+            "AND state_type NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')",
+            (name,),
+        )[0][0]
+        if unfinished:
             raise ValueError(
-                f"work queue {name!r} has {queue.scheduled} scheduled and {queue.active} running "
-                "runs; cancel them or let them finish first"
+                f"work queue {name!r} has {unfinished} unfinished runs ({queue.scheduled} "
+                f"scheduled, {queue.active} running, the rest paused or crashed); cancel them "
+                "or let them finish first"
             )
         self._journal.flush([Op("DELETE FROM work_queues WHERE name = ?", (name,))])
 

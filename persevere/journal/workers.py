@@ -242,6 +242,13 @@ class Workers:
         )
         return self._journal.get_flow_run(run.id)
 
+    @staticmethod
+    def _resumes_left(run: FlowRun) -> bool:
+        """True if a worker would still resume this crashed run by itself."""
+        allowed = DEFAULT_AUTO_RESUMES if run.max_auto_resumes is None else run.max_auto_resumes
+        top = run.work_queue is not None and run.parent_flow_run_id is None
+        return top and run.auto_resumes < allowed
+
     # -- cancel ------------------------------------------------------------------------
 
     def request_cancel(self, run: FlowRun, message: str) -> FlowRun:
@@ -253,6 +260,21 @@ class Workers:
         """
         if run.state_type in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
             return self.finish_cancel(run, message)
+        if run.state_type is StateType.CRASHED and self._resumes_left(run):
+            # A worker would resume it: cancel it on its way back (Crashed -> Scheduled -> ...).
+            ops = move(
+                "flow_runs",
+                run.id,
+                run.state_type,
+                run.version,
+                StateType.SCHEDULED,
+                "Scheduled",
+                message,
+                clock.now_ms(),
+            )
+            ops += self._cancel_ops(run, StateType.SCHEDULED, run.version + 1, message)
+            self._journal.flush(ops)
+            return self._journal.get_flow_run(run.id)
         if run.state_type is not StateType.RUNNING:
             raise RunNotCancellable(
                 run.id,
@@ -285,20 +307,26 @@ class Workers:
         The flow's ``on_cancellation`` hooks are recorded as owed when the run
         had started; its process runs them if it ended the run itself.
         """
+        self._journal.flush(self._cancel_ops(run, run.state_type, run.version, message))
+        return self._journal.get_flow_run(run.id)
+
+    def _cancel_ops(self, run: FlowRun, state: StateType, version: int, message: str) -> list[Op]:
+        """The writes that cancel a run from ``state`` at ``version``, with its unfinished
+        task runs and subflow runs (theirs too)."""
         now = clock.now_ms()
         ops = move(
             "flow_runs",
             run.id,
-            run.state_type,
-            run.version,
+            state,
+            version,
             StateType.CANCELLED,
             "Cancelled",
             message,
             now,
             {"ended_ms": now, "lease_token": None},
         )
-        if run.state_type is StateType.RUNNING:
-            ops.append(HooksDue.due_op(run.id, run.version + 1, "on_cancellation"))
+        if state is StateType.RUNNING:
+            ops.append(HooksDue.due_op(run.id, version + 1, "on_cancellation"))
         for task in self._journal.task_runs(run.id):
             if task.state_type in (StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED):
                 ops += move(
@@ -312,8 +340,15 @@ class Workers:
                     now,
                     {"ended_ms": now},
                 )
-        self._journal.flush(ops)
-        return self._journal.get_flow_run(run.id)
+        rows = self._journal.query(
+            f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE parent_flow_run_id = ? "
+            "AND state_type IN ('SCHEDULED', 'PENDING', 'RUNNING', 'PAUSED')",
+            (run.id,),
+        )
+        for row in rows:
+            child = from_row(FlowRun, row)
+            ops += self._cancel_ops(child, child.state_type, child.version, message)
+        return ops
 
 
 _WORKERS = (

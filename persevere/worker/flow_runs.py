@@ -59,6 +59,7 @@ def run_flow(flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any], return_st
         try:
             state, _ = execute(journal, flow, run, params)
         except Terminated as exc:
+            journal.flush()  # hooks marked done, last log lines
             graceful.die(exc)  # as SIGTERM would have, once the run is journaled
             raise
     return deliver(state, return_state)
@@ -157,6 +158,9 @@ def execute(
         )
         try:
             run = _prepare(journal, run, handoff)
+        except Terminated as exc:  # while it waited for its retry (maybe cancelled)
+            exc.run_id = run.id
+            raise
         except VersionConflict:
             run = journal.get_flow_run(run.id)
             if run.state_type is StateType.CANCELLED:  # cancelled while it waited
@@ -243,17 +247,32 @@ def _end(
     value: Any = None,
     **options: Any,
 ) -> State:
-    """Journal how this execution of the run ended, with the hooks that owes; run them."""
-    journal, run = ctx.journal, ctx.run
-    if _cancel_requested(ctx) and target is not StateType.COMPLETED:
-        target, name = StateType.CANCELLED, "Cancelled"
-        message = ctx.run.state_message or "cancelled"
-        value = None
-        options.pop("result", None)
-    run = ctx.run
-    version = run.version + 1
-    owed = hooks.due(flow, run.id, version, target, run.id)
-    ctx.run = journal.finish_flow_run(run, target, name, message, also=owed, **options)
+    """Journal how this execution of the run ended, with the hooks that owes; run them.
+
+    A run that is being cancelled (it, or a run it is a subflow of, is
+    Cancelling) and did not complete ends Cancelled. The end is written
+    optimistically: a cancel request moved the run while this process held
+    it if the compare-and-set loses, and then it is written again.
+    """
+    journal = ctx.journal
+    parent = ctx.run.parent_flow_run_id
+    if target is not StateType.COMPLETED and signals.cancel_requested(journal, parent):
+        target, name, message, value = StateType.CANCELLED, "Cancelled", "cancelled", None
+    for attempt in (1, 2):
+        run = ctx.run
+        version = run.version + 1
+        owed = hooks.due(flow, run.id, version, target, run.id)
+        try:
+            ctx.run = journal.finish_flow_run(run, target, name, message, also=owed, **options)
+            break
+        except VersionConflict:
+            now = journal.get_flow_run(run.id)
+            if attempt == 2 or now.lease_token != run.lease_token:
+                raise
+            ctx.run = now
+            if now.state_name == "Cancelling" and target is not StateType.COMPLETED:
+                target, name, value = StateType.CANCELLED, "Cancelled", None
+                message = now.state_message or "cancelled"
     state = State(target, name, message, ctx.run.ended_ms or 0, run.id, value)
     if owed:
         hooks.run_hooks(journal, flow, ctx.run, state, run.id, version, hooks.event_of(target))
@@ -267,10 +286,11 @@ def _cancel_requested(ctx: FlowRunContext) -> bool:
     holds it, so the version this process last wrote is behind by one.
     """
     now = ctx.journal.get_flow_run(ctx.run.id)
-    if now.version == ctx.run.version or now.lease_token != ctx.run.lease_token:
-        return False
-    ctx.run = now
-    return now.state_name == "Cancelling"
+    if now.version != ctx.run.version and now.lease_token == ctx.run.lease_token:
+        ctx.run = now
+        if now.state_name == "Cancelling":
+            return True
+    return signals.cancel_requested(ctx.journal, ctx.run.parent_flow_run_id)
 
 
 def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | None:
@@ -360,6 +380,9 @@ def _run_subflow(parent: FlowRunContext, flow: Any, params: dict[str, Any]) -> S
         except LeaseLost:
             raise
         except BaseException as exc:
+            if isinstance(exc, Terminated) and signals.cancel_requested(journal, parent.run.id):
+                journal.finish_task_run(call, StateType.CANCELLED, "Cancelled", "cancelled")
+                raise
             message = f"interrupted by {type(exc).__name__}"
             journal.finish_task_run(call, StateType.CRASHED, "Crashed", message)
             raise

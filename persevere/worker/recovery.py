@@ -14,6 +14,7 @@ from ..exceptions import VersionConflict
 from ..journal import FlowRun, Journal
 from ..statemachine import StateType, owner_is_dead
 from .owners import process_start, this_process
+from .signals import cancel_requested
 
 ACTIVE = (StateType.PENDING, StateType.RUNNING)
 
@@ -41,7 +42,7 @@ def reap(journal: Journal, runs: list[FlowRun] | None = None) -> list[FlowRun]:
         owner = run.owner
         who = owner.label() if owner else "unknown"
         try:
-            if run.state_name == "Cancelling":  # what was asked for has happened
+            if cancel_requested(journal, run.id):  # what was asked for has happened
                 crashed.append(journal.workers.finish_cancel(run, f"its process {who} is gone"))
             else:
                 crashed.append(journal.mark_crashed(run, f"its process {who} is gone"))

@@ -63,4 +63,20 @@ def stop_when_cancelled(journal: Journal, run_id: str) -> None:
     """If SIGTERM is ours to handle here, send it to this process when a lease
     renewal finds the run Cancelling (a cancel nobody could deliver by signal)."""
     if signal.getsignal(signal.SIGTERM) is raise_terminated:
-        journal.writer.watch_cancel(run_id, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        journal.writer.watch_cancel(run_id, _signal_soon)
+
+
+def _signal_soon() -> None:
+    """SIGTERM to this process from another thread: the journal's committing thread,
+    which finds the request, must not be the one interrupted right after its commit."""
+    threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM), daemon=True).start()
+
+
+def cancel_requested(journal: Journal, run_id: str | None) -> bool:
+    """True if the flow run, or a flow run it is a subflow of, is Cancelling."""
+    while run_id is not None:
+        run = journal.get_flow_run(run_id)
+        if run.state_name == "Cancelling":
+            return True
+        run_id = run.parent_flow_run_id
+    return False

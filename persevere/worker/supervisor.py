@@ -56,6 +56,7 @@ class Child:
     """A run's process, started by this worker."""
 
     run_id: str
+    token: str
     process: subprocess.Popen[bytes]
     started: float
     term_sent: float | None = None
@@ -104,6 +105,8 @@ class Worker:
             raise ValueError(f"grace seconds {grace_seconds} must be 0 or more")
         me = this_process()
         self.journal = journal
+        if name is not None and (not name.strip() or name != name.strip()):
+            raise ValueError(f"worker name {name!r} must be non-empty, without surrounding spaces")
         self.name = name or f"{me.host}-{me.pid}"
         self.queues = list(queues)
         self.limit = limit
@@ -195,9 +198,9 @@ class Worker:
         try:
             process = subprocess.Popen(command, start_new_session=True)
         except OSError as exc:
-            self._crashed(run.id, f"its process could not start: {exc}")
+            self._crashed(run, f"its process could not start: {exc}")
             return
-        self.children[run.id] = Child(run.id, process, time.monotonic())
+        self.children[run.id] = Child(run.id, token, process, time.monotonic())
         self.say(f"run {run.id} ({run.flow_name}) claimed; process {process.pid}")
 
     # -- children -------------------------------------------------------------------
@@ -211,18 +214,24 @@ class Worker:
             del self.children[run_id]
             _kill_group(child.process.pid, signal.SIGKILL)  # what the run left behind
             run = self.journal.get_flow_run(run_id)
-            if run.state_type in ACTIVE:
-                run = self._crashed(run_id, f"its process exited ({exit_description(code)})")
+            if run.state_type in ACTIVE and self._still_ours(run, child):
+                run = self._crashed(run, f"its process exited ({exit_description(code)})")
             self.say(f"run {run_id} {run.state_name}")
 
-    def _crashed(self, run_id: str, why: str) -> FlowRun:
-        run = self.journal.get_flow_run(run_id)
+    def _still_ours(self, run: FlowRun, child: Child) -> bool:
+        """True if the run is still held under this child's claim (not resumed elsewhere)."""
+        if run.worker_name != self.name:
+            return False
+        return run.lease_token == child.token or run.owner_pid == child.process.pid
+
+    def _crashed(self, run: FlowRun, why: str) -> FlowRun:
+        """Journal a run whose process is gone: Crashed, or Cancelled if that was asked."""
         try:
             if run.state_name == "Cancelling":
                 return self.journal.workers.finish_cancel(run, why)
             return self.journal.mark_crashed(run, why)
         except VersionConflict:
-            return self.journal.get_flow_run(run_id)
+            return self.journal.get_flow_run(run.id)
 
     def _cancels(self) -> None:
         """SIGTERM the group of a run asked to cancel; SIGKILL it after the grace period."""
@@ -288,13 +297,17 @@ class Worker:
             _kill_group(child.process.pid, signal.SIGKILL)
             child.process.wait()
             del self.children[run_id]
-            self._release(run_id)
+            self._release(child)
 
-    def _release(self, run_id: str) -> None:
+    def _release(self, child: Child) -> None:
+        run_id = child.run_id
         run = self.journal.get_flow_run(run_id)
         if run.state_type in ACTIVE:
-            run = self._crashed(run_id, f"worker {self.name} stopped")
-        if run.state_type is StateType.CRASHED:
+            if not self._still_ours(run, child):
+                return  # somebody else holds it now
+            run = self._crashed(run, f"worker {self.name} stopped")
+        ours = run.worker_name == self.name and run.owner_pid in (child.process.pid, os.getpid())
+        if run.state_type is StateType.CRASHED and ours:
             why = f"released by worker {self.name} (stopping); another worker resumes it"
             try:
                 run = self.journal.workers.reschedule(run, why, automatic=False)

@@ -29,7 +29,7 @@ from ..exceptions import (
 from ..journal import Journal, Op, StoredResult, TaskRun, TaskStart, task_run_id
 from ..statemachine import State, StateType, allow_failure, resolve
 from ..statemachine.retries import next_attempt_ms
-from . import caching, hooks
+from . import caching, hooks, signals
 from .concurrency import Slots, admit_task
 from .dispatch import Call, Dispatching, hand_over
 from .futures import PersevereFuture, PersevereFutureList
@@ -281,9 +281,7 @@ def _attempts(
 
 def _flow_cancelling(ctx: FlowRunContext, exc: BaseException) -> bool:
     """True if SIGTERM stopped the task because its flow run is being cancelled."""
-    if not isinstance(exc, Terminated):
-        return False
-    return ctx.journal.get_flow_run(ctx.run.id).state_name == "Cancelling"
+    return isinstance(exc, Terminated) and signals.cancel_requested(ctx.journal, ctx.run.id)
 
 
 def _complete(
