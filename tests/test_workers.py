@@ -335,3 +335,56 @@ def test_workers_ls_shows_live_workers(
     assert [w["status"] for w in shown] == ["stopped"]
     bad = run_cli(db, "worker", "start", "--limit", "0", timeout=30)
     assert bad.returncode == 2 and "--limit" in bad.stderr
+
+
+def test_cancel_of_a_foreground_run_stops_the_shell_commands_it_started(
+    db: Path, journal: Journal, side: Path, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "shell.pid"
+    proc = subprocess.Popen(  # in the test's process group, as a script would start it
+        [sys.executable, "-m", "persevere", "run", f"{FLOWS_FILE}:sleeper"],
+        env=cli_env(db, WORKERS_SIDE_FILE=str(side), WORKERS_PID_FILE=str(pid_file)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60)
+        shell = int(pid_file.read_text())
+        [run] = journal.list_flow_runs()
+        done = run_cli(db, "runs", "cancel", run.id, "--grace-seconds", "5")
+        assert done.returncode == 0, done.stderr
+        assert proc.wait(timeout=15) == 143
+        wait_for(lambda: process_start(shell) is None, timeout=5)
+        assert journal.get_flow_run(run.id).state_name == "Cancelled"
+        assert "on_cancellation" in side.read_text().split()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_worker_does_not_crash_a_run_another_worker_took_over(
+    db: Path, journal: Journal, side: Path
+) -> None:
+    from persevere.journal import new_id
+    from persevere.statemachine import Owner
+    from persevere.worker.owners import this_process
+    from persevere.worker.supervisor import Child, Worker
+
+    run = schedule(journal, deploy(journal, "short"))
+    first = new_id()
+    claimed = journal.workers.claim("w1", [], this_process(), first)
+    assert claimed is not None and claimed.id == run.id
+    crashed = journal.mark_crashed(claimed, "its process is gone")  # w1 stalled, say
+    journal.workers.reschedule(crashed, "resumed", automatic=True)
+    other = Owner("elsewhere", 4242, "x")
+    retaken = journal.workers.claim("w2", [], other, new_id())
+    assert retaken is not None
+    journal.claim_flow_run(retaken, other, retaken.lease_token or "", "Running")
+    w1 = Worker(journal, name="w1", say=lambda line: None)
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    w1.children[run.id] = Child(run.id, first, exited, time.monotonic())
+    w1._collect()  # its child exited: the run is not w1's any more
+    now = journal.get_flow_run(run.id)
+    assert (now.state_name, now.worker_name) == ("Running", "w2")
