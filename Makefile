@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/concurrency.py
+	$(PY) bench/workers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
