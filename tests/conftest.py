@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from persevere.cli import cli
 from persevere.journal import Journal, close_all, open_journal
 
 FLOWS = Path(__file__).parent / "flows"
@@ -74,3 +76,26 @@ def most_at_once(intervals: list[tuple[int, int]]) -> int:
         running += step
         peak = max(peak, running)
     return peak
+
+
+def invoke(*args: str) -> Result:
+    """Run the CLI in this process; an unexpected exception fails the test."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def ok(*args: str) -> Result:
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def error_line(result: Result, code: int = 2) -> str:
+    """Assert a one-line error on stderr, nothing on stdout; return the line."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]

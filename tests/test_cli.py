@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 import persevere
 from persevere.cli import cli
 from persevere.exceptions import EntrypointError
 from persevere.journal import SCHEMA_VERSION, close_all
 
-from .conftest import FLOWS, run_cli
+from .conftest import FLOWS, error_line, invoke, ok, run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,29 +81,6 @@ def executed(side: Path) -> Counter[str]:
     if not side.exists():
         return Counter()
     return Counter(side.read_text().splitlines())
-
-
-def invoke(*args: str) -> Result:
-    """Run the CLI in this process; an unexpected exception fails the test."""
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def ok(*args: str) -> Result:
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
-    return result
-
-
-def error_line(result: Result, code: int = 2) -> str:
-    """Assert a one-line error on stderr, nothing on stdout; return the line."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 def runs_json(*args: str) -> list[dict[str, Any]]:

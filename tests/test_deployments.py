@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import persevere
 from persevere import flow
-from persevere.cli import cli
 from persevere.exceptions import (
     DeploymentNotFound,
     EntrypointError,
@@ -43,7 +41,7 @@ from persevere.statemachine import StateType
 from persevere.worker import deploying, entrypoints, execute, parameters
 from persevere.worker.owners import this_process
 
-from .conftest import FLOWS, cli_env, run_cli, wait_for
+from .conftest import FLOWS, cli_env, error_line, invoke, ok, run_cli, wait_for
 from .flows import deployed
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,28 +64,6 @@ def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in set(sys.modules) - before:
         if name.startswith(("deployed", "persevere_entrypoint", "dep_")):
             del sys.modules[name]
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def ok(*args: str) -> Result:
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
-    return result
-
-
-def error_line(result: Result, code: int = 2) -> str:
-    """Assert a one-line error on stderr, nothing on stdout; return the line."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 def as_json(*args: str) -> Any:
