@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 FLOW = """
 import os, signal
@@ -65,6 +66,16 @@ def by_hand(folder: Path, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def _deploy(journal: Any, folder: Path, function: str) -> Any:
+    return journal.deployments.put(
+        flow_name=function,
+        name="bench",
+        entrypoint=f"{folder / 'flows.py'}:{function}",
+        parameters={},
+        signature={},
+    )
+
+
 def _worker(db: Path, limit: int, **env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "persevere", "worker", "start", "--limit", str(limit),
@@ -86,13 +97,7 @@ def through_worker(folder: Path, n: int, limit: int) -> float:
 
     db = folder / "worker.db"
     journal = open_journal(db)
-    deployment = journal.deployments.put(
-        flow_name="hello",
-        name="bench",
-        entrypoint=f"{folder / 'flows.py'}:hello",
-        parameters={},
-        signature={},
-    )
+    deployment = _deploy(journal, folder, "hello")
     runs = [journal.deployments.schedule_run(deployment, json.dumps({})) for _ in range(n)]
     start = time.perf_counter()
     worker = _worker(db, limit)
@@ -110,13 +115,7 @@ def crash_to_resumed(folder: Path) -> float:
     db = folder / "crash.db"
     pid_file = folder / "pid"
     journal = open_journal(db)
-    deployment = journal.deployments.put(
-        flow_name="wait_to_die",
-        name="bench",
-        entrypoint=f"{folder / 'flows.py'}:wait_to_die",
-        parameters={},
-        signature={},
-    )
+    deployment = _deploy(journal, folder, "wait_to_die")
     run = journal.deployments.schedule_run(deployment, "{}")
     worker = _worker(db, 1, BENCH_PID_FILE=str(pid_file))
     try:

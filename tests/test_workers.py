@@ -384,7 +384,7 @@ def test_a_worker_does_not_crash_a_run_another_worker_took_over(
     w1 = Worker(journal, name="w1", say=lambda line: None)
     exited = subprocess.Popen(["true"])
     exited.wait()
-    w1.children[run.id] = Child(run.id, first, exited, time.monotonic())
+    w1.children[run.id] = Child(run.id, first, exited)
     w1._collect()  # its child exited: the run is not w1's any more
     now = journal.get_flow_run(run.id)
     assert (now.state_name, now.worker_name) == ("Running", "w2")

@@ -267,7 +267,7 @@ class Deployments:
         for row in waiting:
             try:
                 cancelled.append(
-                    self._journal.workers.cancel_waiting(
+                    self._journal.workers.finish_cancel(
                         from_row(FlowRun, row), f"deployment {deployment.name} was deleted"
                     )
                 )

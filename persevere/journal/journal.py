@@ -42,6 +42,7 @@ from .statements import (
     INSERT_STATE,
     TASK_COLUMNS,
     await_retry,
+    end_with_tasks,
     finish_task,
     move,
     moved_upstream,
@@ -465,32 +466,11 @@ class Journal:
 
     def mark_crashed(self, run: FlowRun, message: str) -> FlowRun:
         """Declare a run's owner dead: the run and its in-flight task runs become Crashed."""
-        now = clock.now_ms()
-        ops = move(
-            "flow_runs",
-            run.id,
-            run.state_type,
-            run.version,
-            StateType.CRASHED,
-            "Crashed",
-            message,
-            now,
-            {"ended_ms": now, "lease_token": None},
-        )
-        for task in self.task_runs(run.id):
-            if task.state_type in (StateType.PENDING, StateType.RUNNING):
-                ops += move(
-                    "task_runs",
-                    task.id,
-                    task.state_type,
-                    task.version,
-                    StateType.CRASHED,
-                    "Crashed",
-                    message,
-                    now,
-                    {"ended_ms": now},
-                )
-                ops.append(HooksDue.due_op(task.id, task.version + 1, "on_crashed"))
+        in_flight = (StateType.PENDING, StateType.RUNNING)
+        ops = end_with_tasks(
+            run, run.state_type, run.version, StateType.CRASHED, "Crashed", message,
+            clock.now_ms(), self.task_runs(run.id), in_flight, "on_crashed",
+        )  # fmt: skip
         ops.append(HooksDue.due_op(run.id, run.version + 1, "on_crashed"))
         self.writer.commit(ops)
         return self.get_flow_run(run.id)

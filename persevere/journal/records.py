@@ -11,6 +11,9 @@ from .writer import Op, Writes
 
 T = TypeVar("T")
 
+#: Automatic resumes in a row of a crashed run, unless its flow says otherwise.
+DEFAULT_AUTO_RESUMES = 3
+
 
 def from_row(cls: type[T], row: sqlite3.Row) -> T:
     """Build a record from a row that has (at least) the record's columns."""
@@ -56,6 +59,11 @@ class FlowRun:
     auto_resumes: int = 0
     max_auto_resumes: int | None = None
     tags: str | None = None
+
+    @property
+    def auto_resumes_allowed(self) -> int:
+        """How many automatic resumes in a row its flow allows (``max_auto_resumes``)."""
+        return DEFAULT_AUTO_RESUMES if self.max_auto_resumes is None else self.max_auto_resumes
 
     @property
     def owner(self) -> Owner | None:

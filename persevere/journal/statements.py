@@ -9,12 +9,14 @@ statements are constants that SQLite prepares once.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
 from .. import clock
 from ..statemachine import StateType, check_move, path_to_pending
-from .records import StoredResult, TaskRun, TaskStart
+from .hooks import HooksDue
+from .records import FlowRun, StoredResult, TaskRun, TaskStart
 from .writer import Op, Writes
 
 FLOW_COLUMNS = (
@@ -381,4 +383,48 @@ def finish_task(
             fence=fence,
         )
     )
+    return ops
+
+
+def end_with_tasks(
+    run: FlowRun,
+    source: StateType,
+    version: int,
+    target: StateType,
+    name: str,
+    message: str,
+    now: int,
+    tasks: Sequence[TaskRun],
+    unfinished: Collection[StateType],
+    task_hook: str | None = None,
+) -> list[Op]:
+    """The writes that end a flow run nobody executes any more (its owner died, or it
+    was cancelled) in ``target``, with its task runs in ``unfinished`` states, each
+    owing ``task_hook`` if given."""
+    ops = move(
+        "flow_runs",
+        run.id,
+        source,
+        version,
+        target,
+        name,
+        message,
+        now,
+        {"ended_ms": now, "lease_token": None},
+    )
+    for task in tasks:
+        if task.state_type in unfinished:
+            ops += move(
+                "task_runs",
+                task.id,
+                task.state_type,
+                task.version,
+                target,
+                name,
+                message,
+                now,
+                {"ended_ms": now},
+            )
+            if task_hook is not None:
+                ops.append(HooksDue.due_op(task.id, task.version + 1, task_hook))
     return ops

@@ -23,15 +23,12 @@ from .. import clock
 from ..exceptions import RunNotCancellable
 from ..statemachine import Owner, StateType
 from .hooks import HooksDue
-from .records import FlowRun, from_row
-from .statements import FLOW_COLUMNS, move
+from .records import DEFAULT_AUTO_RESUMES, FlowRun, from_row
+from .statements import FLOW_COLUMNS, end_with_tasks, move
 from .writer import Op
 
 if TYPE_CHECKING:
     from .journal import Journal
-
-#: Automatic resumes in a row of a crashed run, unless its flow says otherwise.
-DEFAULT_AUTO_RESUMES = 3
 
 _ACTIVE = "('PENDING', 'RUNNING')"
 
@@ -245,9 +242,8 @@ class Workers:
     @staticmethod
     def _resumes_left(run: FlowRun) -> bool:
         """True if a worker would still resume this crashed run by itself."""
-        allowed = DEFAULT_AUTO_RESUMES if run.max_auto_resumes is None else run.max_auto_resumes
         top = run.work_queue is not None and run.parent_flow_run_id is None
-        return top and run.auto_resumes < allowed
+        return top and run.auto_resumes < run.auto_resumes_allowed
 
     # -- cancel ------------------------------------------------------------------------
 
@@ -297,10 +293,6 @@ class Workers:
         )
         return self._journal.get_flow_run(run.id)
 
-    def cancel_waiting(self, run: FlowRun, message: str) -> FlowRun:
-        """Cancel a run that is not executing (Scheduled, Paused) (durable, CAS)."""
-        return self.finish_cancel(run, message)
-
     def finish_cancel(self, run: FlowRun, message: str) -> FlowRun:
         """The run (and its unfinished task runs) becomes Cancelled (durable, CAS).
 
@@ -313,33 +305,13 @@ class Workers:
     def _cancel_ops(self, run: FlowRun, state: StateType, version: int, message: str) -> list[Op]:
         """The writes that cancel a run from ``state`` at ``version``, with its unfinished
         task runs and subflow runs (theirs too)."""
-        now = clock.now_ms()
-        ops = move(
-            "flow_runs",
-            run.id,
-            state,
-            version,
-            StateType.CANCELLED,
-            "Cancelled",
-            message,
-            now,
-            {"ended_ms": now, "lease_token": None},
-        )
+        unfinished = (StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED)
+        ops = end_with_tasks(
+            run, state, version, StateType.CANCELLED, "Cancelled", message,
+            clock.now_ms(), self._journal.task_runs(run.id), unfinished,
+        )  # fmt: skip
         if state is StateType.RUNNING:
             ops.append(HooksDue.due_op(run.id, version + 1, "on_cancellation"))
-        for task in self._journal.task_runs(run.id):
-            if task.state_type in (StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED):
-                ops += move(
-                    "task_runs",
-                    task.id,
-                    task.state_type,
-                    task.version,
-                    StateType.CANCELLED,
-                    "Cancelled",
-                    message,
-                    now,
-                    {"ended_ms": now},
-                )
         rows = self._journal.query(
             f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE parent_flow_run_id = ? "
             "AND state_type IN ('SCHEDULED', 'PENDING', 'RUNNING', 'PAUSED')",

@@ -30,7 +30,6 @@ from typing import Any
 from ..exceptions import EntrypointError, ParameterError
 from ..journal import FlowRun, Journal, Transition, open_journal, to_json
 from ..journal.deployments import DEFAULT_QUEUE, Deployment
-from ..journal.workers import DEFAULT_AUTO_RESUMES
 from ..statemachine import FINAL_TYPES, StateType
 from . import entrypoints, parameters, recovery
 
@@ -325,8 +324,7 @@ def has_ended(run: FlowRun) -> bool:
         return False
     if run.state_type is not StateType.CRASHED or run.work_queue is None:
         return True
-    allowed = DEFAULT_AUTO_RESUMES if run.max_auto_resumes is None else run.max_auto_resumes
-    return run.parent_flow_run_id is not None or run.auto_resumes >= allowed
+    return run.parent_flow_run_id is not None or run.auto_resumes >= run.auto_resumes_allowed
 
 
 def follow(

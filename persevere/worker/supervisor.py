@@ -43,12 +43,10 @@ from types import FrameType
 from .. import clock
 from ..exceptions import PersevereError, VersionConflict
 from ..journal import FlowRun, Journal, new_id
-from ..journal.workers import DEFAULT_AUTO_RESUMES, WorkerRecord
+from ..journal.workers import WorkerRecord
 from ..statemachine import StateType
 from .owners import process_start, this_process
-from .recovery import reap
-
-ACTIVE = (StateType.PENDING, StateType.RUNNING)
+from .recovery import ACTIVE, reap
 
 
 @dataclass
@@ -58,9 +56,7 @@ class Child:
     run_id: str
     token: str
     process: subprocess.Popen[bytes]
-    started: float
-    term_sent: float | None = None
-    why: str = ""
+    term_sent: float | None = None  # when SIGTERM went to its group (a cancel)
 
 
 def is_live(worker: WorkerRecord, now_ms: int, lease_ms: int) -> bool:
@@ -200,7 +196,7 @@ class Worker:
         except OSError as exc:
             self._crashed(run, f"its process could not start: {exc}")
             return
-        self.children[run.id] = Child(run.id, token, process, time.monotonic())
+        self.children[run.id] = Child(run.id, token, process)
         self.say(f"run {run.id} ({run.flow_name}) claimed; process {process.pid}")
 
     # -- children -------------------------------------------------------------------
@@ -245,7 +241,7 @@ class Worker:
             held = self.children.get(run.id)
             if run.state_name == "Cancelling" and held is not None and held.term_sent is None:
                 self.say(f"run {run.id} cancelling: stopping process group {held.process.pid}")
-                held.term_sent, held.why = now, "cancel"
+                held.term_sent = now
                 _kill_group(held.process.pid, signal.SIGTERM)
 
     # -- housekeeping ------------------------------------------------------------------
@@ -258,8 +254,7 @@ class Worker:
         self._last_poll = now
         reap(self.journal)
         for run in self.journal.workers.crashed_to_resume():
-            allowed = run.max_auto_resumes
-            allowed = DEFAULT_AUTO_RESUMES if allowed is None else allowed
+            allowed = run.auto_resumes_allowed
             why = f"resumed automatically after a crash ({run.auto_resumes + 1} of {allowed})"
             try:
                 self.journal.workers.reschedule(run, why, automatic=True)
