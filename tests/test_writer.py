@@ -154,7 +154,12 @@ def test_threads_committing_at_once_share_transactions(db: Path, journal: Journa
 
     def counting(batch: list[Op]) -> None:
         batches["n"] += 1
-        time.sleep(0.002)  # a slow disk: others queue up meanwhile
+        # A slow disk: others queue up meanwhile. Wait (boundedly) until one
+        # has, so that a loaded machine that deschedules the threads for
+        # longer than a commit does not make the test depend on its timing.
+        deadline = time.monotonic() + 0.01
+        while not journal.writer._waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
         real(batch)
 
     journal.writer._commit_batch = counting  # type: ignore[method-assign]
