@@ -35,6 +35,7 @@ class Settings:
     synchronous: str
     log_level: str
     result_file_bytes: int
+    suspend_after_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -56,6 +57,9 @@ class Settings:
             log_level=os.environ.get("PERSEVERE_LOG_LEVEL", "INFO").upper(),
             # Results larger than this go to files beside the database.
             result_file_bytes=int(_float_env("PERSEVERE_RESULT_FILE_BYTES", 64 * 1024)),
+            # A persevere.sleep longer than this, in a run a worker executes,
+            # suspends the run and frees the worker's slot until it wakes.
+            suspend_after_seconds=_float_env("PERSEVERE_SUSPEND_AFTER_SECONDS", 60.0),
         )
 
 

@@ -59,6 +59,11 @@ class FlowRun:
     auto_resumes: int = 0
     max_auto_resumes: int | None = None
     tags: str | None = None
+    schedule_id: str | None = None
+    schedule_ms: int | None = None
+    pause_deadline_ms: int | None = None
+    pause_on_timeout: str | None = None
+    pause_input: str | None = None
 
     @property
     def auto_resumes_allowed(self) -> int:

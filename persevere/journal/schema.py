@@ -198,8 +198,41 @@ def _v3(db: Any) -> None:
     runs.create_index(["worker_name", "state_type"])
 
 
+def _v4(db: Any) -> None:
+    # Schedules of deployments. ``kind`` is cron, interval or rrule, with its
+    # ``expression`` read in ``timezone``; ``anchor_ms`` is where an interval
+    # (or a rule without DTSTART) counts from. ``parameters`` override the
+    # deployment's. ``catchup`` (skip, latest, all, with ``catchup_cap``)
+    # says which missed or late times still run; a run not started within
+    # ``grace_ms`` of its time is Late. ``cursor_ms``: the latest time the
+    # scheduler has dealt with (made a run for, or skipped).
+    db.execute(
+        """CREATE TABLE schedules (
+            id TEXT PRIMARY KEY, deployment_id TEXT NOT NULL, kind TEXT NOT NULL,
+            expression TEXT NOT NULL, timezone TEXT NOT NULL DEFAULT 'UTC', anchor_ms INTEGER,
+            parameters TEXT NOT NULL DEFAULT '{}', active INTEGER NOT NULL DEFAULT 1,
+            catchup TEXT NOT NULL DEFAULT 'latest', catchup_cap INTEGER NOT NULL DEFAULT 100,
+            grace_ms INTEGER NOT NULL DEFAULT 60000, cursor_ms INTEGER,
+            created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX schedules_deployment ON schedules (deployment_id)")
+    runs = db.table("flow_runs")
+    # The schedule and the time it made the run for: one run per pair, however
+    # many schedulers run at once (NULLs, runs of no schedule, are distinct).
+    runs.add_column("schedule_id", str)
+    runs.add_column("schedule_ms", int)
+    db.execute("CREATE UNIQUE INDEX flow_runs_schedule ON flow_runs (schedule_id, schedule_ms)")
+    # A Paused run: when its pause times out (NULL: never), and what then
+    # (fail or cancel); the JSON schema of the input it waits for, if any.
+    runs.add_column("pause_deadline_ms", int)
+    runs.add_column("pause_on_timeout", str)
+    runs.add_column("pause_input", str)
+    runs.create_index(["state_type", "pause_deadline_ms"])
+
+
 #: Migration n brings a database from version n-1 to version n.
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

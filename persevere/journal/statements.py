@@ -24,7 +24,8 @@ FLOW_COLUMNS = (
     "run_key, parent_flow_run_id, parent_task_run_id, lease_token, owner_host, owner_pid, "
     "owner_started, lease_expires_ms, scheduled_ms, created_ms, started_ms, ended_ms, result_id, "
     "run_count, retries_used, deployment_id, work_queue, worker_name, auto_resumes, "
-    "max_auto_resumes, tags"
+    "max_auto_resumes, tags, schedule_id, schedule_ms, pause_deadline_ms, pause_on_timeout, "
+    "pause_input"
 )
 TASK_COLUMNS = (
     "id, flow_run_id, position, task_key, dynamic_key, kind, state_type, state_name, "

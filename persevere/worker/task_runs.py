@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import random
-import time
 from itertools import repeat
 from typing import Any
 
@@ -364,9 +363,7 @@ def _log_retry(task: Any, start: TaskStart, exc: Exception, wake_ms: int) -> Non
 
 def sleep_until(wake_ms: int) -> None:
     """Wait until an instant recorded in the journal (at once if it has passed)."""
-    delay = (wake_ms - clock.now_ms()) / 1000
-    if delay > 0:
-        time.sleep(delay)
+    clock.sleep((wake_ms - clock.now_ms()) / 1000)
 
 
 def submit_task(
