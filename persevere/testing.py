@@ -103,12 +103,6 @@ class Harness:
     def journal(self) -> Journal:
         return open_journal(self.path)
 
-    def tick(self) -> list[str]:
-        """One pass of the scheduler at the clock's time; returns what it did, a line each."""
-        from .worker.scheduler import Scheduler  # not every test needs the scheduler's imports
-
-        return Scheduler(self.journal).tick()
-
 
 @contextmanager
 def harness(
