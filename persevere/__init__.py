@@ -15,16 +15,19 @@ from .exceptions import (
     ConcurrencyError,
     ConcurrencySlotTimeout,
     DeploymentNotFound,
+    InputError,
     InvalidTransition,
     LeaseLost,
     NonDeterminismError,
     ParameterError,
+    PauseRejected,
     PersevereError,
     RemoteTaskError,
     RunInterrupted,
     RunKeyConflict,
     RunNotFound,
     RunNotResumable,
+    RunSuspended,
     RunTimeout,
     SchemaTooNew,
     SerializationError,
@@ -37,6 +40,7 @@ from .statemachine.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, TASK_SOURCE
 from .statemachine.retries import exponential_backoff
 from .tasks import Task, task
 from .worker import get_run_logger
+from .worker.answers import approve_flow_run, reject_flow_run, resume_flow_run
 from .worker.concurrency import concurrency, rate_limit
 from .worker.deploying import Deployment, run_deployment
 from .worker.futures import PersevereFuture, as_completed, wait
@@ -47,6 +51,7 @@ from .worker.runners import (
     ThreadPoolTaskRunner,
 )
 from .worker.task_runs import unmapped
+from .worker.waits import pause_flow_run, sleep, suspend_flow_run
 
 __version__ = "0.1.0"
 
@@ -63,10 +68,12 @@ __all__ = [
     "Deployment",
     "DeploymentNotFound",
     "Flow",
+    "InputError",
     "InvalidTransition",
     "LeaseLost",
     "NonDeterminismError",
     "ParameterError",
+    "PauseRejected",
     "PersevereError",
     "PersevereFuture",
     "ProcessPoolTaskRunner",
@@ -75,6 +82,7 @@ __all__ = [
     "RunKeyConflict",
     "RunNotFound",
     "RunNotResumable",
+    "RunSuspended",
     "RunTimeout",
     "SchemaTooNew",
     "SerializationError",
@@ -87,6 +95,7 @@ __all__ = [
     "ThreadPoolTaskRunner",
     "__version__",
     "allow_failure",
+    "approve_flow_run",
     "as_completed",
     "concurrency",
     "exponential_backoff",
@@ -94,8 +103,13 @@ __all__ = [
     "get_run_context",
     "get_run_logger",
     "idempotency_key",
+    "pause_flow_run",
     "rate_limit",
+    "reject_flow_run",
+    "resume_flow_run",
     "run_deployment",
+    "sleep",
+    "suspend_flow_run",
     "task",
     "unmapped",
     "wait",

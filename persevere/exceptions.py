@@ -288,3 +288,47 @@ class Terminated(BaseException):
         self.signum = signum
         self.run_id: str | None = None  # the outermost flow run it stopped, once journaled
         super().__init__(f"terminated by signal {signum}")
+
+
+class RunSuspended(PersevereError):
+    """The flow run suspended itself (``suspend_flow_run``, or a long ``persevere.sleep``
+    under a worker): its process let go of it, and a resume (or its wake-up time) goes on
+    at the line after the call."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id} is suspended: {message}")
+
+
+class PauseRejected(PersevereError):
+    """Raised at a ``pause_flow_run`` / ``suspend_flow_run`` call that was rejected
+    (``persevere runs reject``) and waited for no input to carry a yes or no."""
+
+    def __init__(self, run_id: str, key: str, reason: str) -> None:
+        self.run_id, self.key, self.reason = run_id, key, reason
+        why = f": {reason}" if reason else ""
+        super().__init__(f"pause {key!r} of run {run_id} was rejected{why}")
+
+
+class InputError(PersevereError, ValueError):
+    """An input given to resume a paused run does not fit the type the pause waits for."""
+
+    def __init__(self, run_id: str, detail: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"input refused for run {run_id}: {detail}; the run stays Paused")
+
+
+class Suspend(BaseException):
+    """The engine's signal that the run has been journaled Suspended: unwind the flow."""
+
+
+class PauseTimedOut(BaseException):
+    """The engine's signal that a pause timed out: end the run Failed (or Cancelled)."""
+
+    def __init__(self, cancel: bool, message: str) -> None:
+        self.cancel = cancel
+        super().__init__(message)
+
+
+class RunEnded(BaseException):
+    """The engine's signal that somebody ended the run while it was paused (a cancel)."""

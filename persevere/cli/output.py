@@ -71,6 +71,21 @@ def run_summary(run: FlowRun) -> dict[str, Any]:
         "parameters": parameters_of(run),
         "parent_flow_run_id": run.parent_flow_run_id,
         "entrypoint": run.entrypoint,
+        **_pause_of(run),
+    }
+
+
+def _pause_of(run: FlowRun) -> dict[str, Any]:
+    """How a paused run goes on: the input it waits for, its deadline, its wake-up."""
+    if run.state_type is not StateType.PAUSED:
+        return {}
+    return {
+        "pause": {
+            "input_schema": json.loads(run.pause_input) if run.pause_input else None,
+            "times_out": iso(run.pause_deadline_ms),
+            "on_timeout": run.pause_on_timeout,
+            "wakes": iso(run.scheduled_ms) if run.state_name == "Suspended" else None,
+        }
     }
 
 

@@ -17,9 +17,12 @@ from ..worker.signals import raise_terminated
 from .app import cli
 from .output import jsonable
 
+#: The exit code of ``persevere run`` (and ``runs resume``) when the run suspended itself.
+SUSPENDED_EXIT = 3
+
 
 def report(state: State, run_id: str) -> None:
-    """Say how a run ended; exit 1 unless it completed."""
+    """Say how a run ended; exit 0 if it completed, 3 if it suspended itself, else 1."""
     if state.type is StateType.COMPLETED:
         click.echo(f"run {run_id} {state.name}", err=True)
         if state.data is not None:
@@ -27,6 +30,14 @@ def report(state: State, run_id: str) -> None:
         return
     detail = f": {state.message}" if state.message else ""
     click.echo(f"run {run_id} {state.name}{detail}", err=True)
+    if state.type is StateType.PAUSED:  # it suspended itself
+        how = (
+            "a worker goes on with it when its sleep is over"
+            if state.message.startswith("sleeping")
+            else f"it goes on after `persevere runs resume {run_id}` (or approve/reject)"
+        )
+        click.echo(f"  {how}", err=True)
+        sys.exit(SUSPENDED_EXIT)
     click.echo(
         f"  see `persevere runs show {run_id}`; after a fix, `persevere runs resume {run_id}`",
         err=True,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any, TextIO
 
 import click
 
 from .. import clock
-from ..journal import maintenance
+from ..journal import FlowRun, Journal, maintenance
 from ..statemachine import FINAL_TYPES, StateType
 from ..worker import reap, refresh, resume, retry_from
+from ..worker.answers import NOTHING, answer, approve_flow_run, reject_flow_run, shape
 from ..worker.cancelling import cancel
-from .app import cli, journal_of
+from .app import UserError, cli, journal_of
 from .output import (
     echo_table,
     iso,
@@ -102,6 +104,8 @@ def show(ctx: click.Context, run_id: str, as_json: bool, as_dot: bool) -> None:
             click.echo(f"  {label + ':':<11} {value}")
     if run.owner is not None:
         click.echo(f"  owner:      {run.owner.label()}")
+    if run.state_type is StateType.PAUSED:
+        _echo_pause(run)
     click.echo("\nhistory:")
     echo_table(
         [
@@ -128,6 +132,21 @@ def show(ctx: click.Context, run_id: str, as_json: bool, as_dot: bool) -> None:
     )
     if has_result:
         click.echo(f"\nresult: {json.dumps(result)}")
+
+
+def _echo_pause(run: FlowRun) -> None:
+    """How a paused run goes on."""
+    waits = shape(run)
+    if waits is not None:
+        click.echo(f"  waits for:  {waits}")
+    if run.pause_deadline_ms is not None:
+        then = "cancelled" if run.pause_on_timeout == "cancel" else "failed"
+        click.echo(f"  times out:  {local(run.pause_deadline_ms)} (then {then})")
+    if run.state_name == "Suspended" and run.scheduled_ms is not None and waits is None:
+        click.echo(f"  wakes:      {local(run.scheduled_ms)}")
+    else:
+        how = "--input JSON" if waits is not None else "or approve/reject"
+        click.echo(f"  resume:     persevere runs resume {run.id} {how}")
 
 
 def _secs(value: float | None) -> str:
@@ -168,14 +187,96 @@ def logs(ctx: click.Context, run_id: str, as_json: bool) -> None:
 
 @runs.command("resume")
 @click.argument("run_id")
+@click.option("--input", "input_text", metavar="JSON", help="The input a paused run waits for.")
+@click.option(
+    "--input-file",
+    type=click.File("r"),
+    metavar="FILE",
+    help="The input a paused run waits for, read from a JSON file (- for stdin).",
+)
 @click.pass_context
-def resume_cmd(ctx: click.Context, run_id: str) -> None:
-    """Execute a Crashed, Failed or Cancelled run again, here, from its last checkpoint.
+def resume_cmd(
+    ctx: click.Context, run_id: str, input_text: str | None, input_file: TextIO | None
+) -> None:
+    """Go on with a run: a Paused one with the input it waits for (checked against
+    its type; a bad input is refused and the run stays Paused), or a Crashed,
+    Failed or Cancelled one, executed again here from its last checkpoint.
 
     Task runs that completed before are replayed from the journal, not run again.
     """
     journal = journal_of(ctx)
     run = journal.resolve_flow_run(run_id)
+    value = _input_of(input_text, input_file)
+    if run.state_type is StateType.PAUSED:
+        _go_on(journal, answer(journal, run, value))
+        return
+    if value is not NOTHING:
+        raise UserError(f"run {run.id} is {run.state_name}, not Paused: --input is for paused runs")
+    state = run_here(lambda: resume(journal, run.id)[0])
+    report(state, state.run_id or run.id)
+
+
+@runs.command("approve")
+@click.argument("run_id")
+@click.option("--comment", help="Given to the flow if its input has a comment or reason field.")
+@click.pass_context
+def approve_cmd(ctx: click.Context, run_id: str, comment: str | None) -> None:
+    """Approve a Paused run: resume it with a yes.
+
+    A pause waiting for a bool gets true; one waiting for an input with a bool
+    field `approved` gets {"approved": true} (and the comment); one waiting for
+    no input simply goes on.
+    """
+    journal = journal_of(ctx)
+    _go_on(journal, approve_flow_run(run_id, comment, journal))
+
+
+@runs.command("reject")
+@click.argument("run_id")
+@click.option("--reason", help="Why; given to the flow (or in the error its pause raises).")
+@click.pass_context
+def reject_cmd(ctx: click.Context, run_id: str, reason: str | None) -> None:
+    """Reject a Paused run: resume it with a no.
+
+    A pause waiting for a bool gets false; one waiting for an input with a bool
+    field `approved` gets {"approved": false} (and the reason); at a pause waiting
+    for no input, the flow gets PauseRejected (the run fails unless it catches it).
+    """
+    journal = journal_of(ctx)
+    _go_on(journal, reject_flow_run(run_id, reason, journal))
+
+
+def _input_of(text: str | None, file: TextIO | None) -> Any:
+    """The input given on the command line, parsed; NOTHING if none."""
+    if text is not None and file is not None:
+        raise UserError("give the input with --input or with --input-file, not both")
+    if file is not None:
+        text = file.read()
+    if text is None:
+        return NOTHING
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"the input is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "e.g. --input '{\"approved\": true}'"
+        ) from None
+
+
+def _go_on(journal: Journal, run: FlowRun) -> None:
+    """Say who goes on with an answered run; execute it here if nobody else will."""
+    if run.state_type is StateType.RUNNING:
+        owner = run.owner.label() if run.owner else "its process"
+        click.echo(f"run {run.id} resumed: {owner} goes on with it", err=True)
+        return
+    if run.work_queue is not None:
+        click.echo(
+            f"run {run.id} resumed: Scheduled on work queue {run.work_queue!r}, "
+            "where a worker takes it",
+            err=True,
+        )
+        return
+    click.echo(f"run {run.id} resumed: executing it here", err=True)
     state = run_here(lambda: resume(journal, run.id)[0])
     report(state, state.run_id or run.id)
 

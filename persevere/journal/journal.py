@@ -23,6 +23,7 @@ from .deployments import Deployments
 from .files import ResultFiles
 from .hooks import HooksDue
 from .limits import Limits
+from .pauses import Pauses
 from .records import (
     FlowRun,
     LogLine,
@@ -84,6 +85,7 @@ class Journal:
         self.limits = Limits(self)
         self.deployments = Deployments(self)
         self.workers = Workers(self)
+        self.pauses = Pauses(self)
 
     # -- reading ------------------------------------------------------------
 

@@ -54,7 +54,7 @@ def run_claimed(run_id: str, token: str) -> int:
         return 0  # cancelled or taken over before it started
     except Terminated:
         return 143
-    if state.type in (StateType.COMPLETED, StateType.SCHEDULED):
+    if state.type in (StateType.COMPLETED, StateType.SCHEDULED, StateType.PAUSED):
         return 0
     return 1
 

@@ -17,11 +17,16 @@ from .. import clock
 from ..context import FlowRunContext, flow_run_context
 from ..exceptions import (
     LeaseLost,
+    PauseTimedOut,
+    PersevereError,
+    RunEnded,
     RunInterrupted,
     RunKeyConflict,
     RunNotResumable,
+    RunSuspended,
     RunTimeout,
     SerializationError,
+    Suspend,
     Terminated,
     VersionConflict,
 )
@@ -318,6 +323,18 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
         ctx.drain(wait=True)
     except LeaseLost:
         raise  # the run is somebody else's now: record nothing
+    except Suspend:  # journaled Suspended: its process lets go
+        message = ctx.run.state_message
+        return State(
+            StateType.PAUSED, "Suspended", message, 0, run.id, RunSuspended(run.id, message)
+        )
+    except RunEnded:  # ended by somebody else (a cancel) while it was paused
+        return _state_of(ctx.run)
+    except PauseTimedOut as exc:
+        if exc.cancel:
+            return _end(ctx, flow, StateType.CANCELLED, "Cancelled", str(exc))
+        error = PersevereError(f"run {run.id}: {exc}")
+        return _end(ctx, flow, StateType.FAILED, "TimedOut", str(exc), error)
     except Exception as exc:
         wake = retry_time(flow, run.retries_used, exc, run)
         if wake is not None and not _cancel_requested(ctx):

@@ -51,13 +51,15 @@ def flow_of(run: FlowRun) -> Any:
 
 
 def resume(journal: Journal, run_id: str) -> tuple[State, FlowRun]:
-    """Execute a Crashed, Failed or Cancelled run again from its entrypoint.
+    """Execute a Crashed, Failed or Cancelled run again from its entrypoint (or a
+    paused one, not on a work queue, whose pause was answered).
 
     Completed task runs are replayed from the journal; the rest run. A run
     whose process died while it waited for a retry goes on after the delay.
     """
     run = _top_level(journal, run_id)
-    if run.state_type not in RESUMABLE and run.state_name != "AwaitingRetry":
+    answered = run.state_name == "Scheduled" and run.work_queue is None  # a pause, answered
+    if run.state_type not in RESUMABLE and run.state_name != "AwaitingRetry" and not answered:
         raise RunNotResumable(run.id, run.state_name)
     flow = flow_of(run)
     return execute(journal, flow, run, parameters.decode(journal, run.parameters))
