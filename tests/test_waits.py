@@ -18,6 +18,7 @@ import json
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -382,6 +383,35 @@ def test_a_bad_input_is_refused_naming_the_field_and_the_run_stays_paused(
 
     persevere.resume_flow_run(run.id, {"item": "ink", "quantity": 3})
     assert call.result().data["value"] == {"item": "ink", "quantity": 3}
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"start": "someday"}, "field 'start': 'someday' is not a 'date'"),
+        ({"start": "2026-02-30"}, "field 'start': '2026-02-30' is not a 'date'"),
+        ({"start": "2026-04-01", "at": "9 o'clock"}, "field 'at': "),
+        ({"start": "2026-04-01", "ticket": "T-1"}, "field 'ticket': "),
+    ],
+    ids=["date", "impossible-date", "date-time", "uuid"],
+)
+def test_a_string_in_a_bad_format_is_refused_before_the_flow_sees_it(
+    journal: Journal, tclock: TestClock, bad: Any, named: str
+) -> None:
+    """JSON Schema does not check ``format`` unless asked: a date the pause call's
+    type would refuse must be refused by the resume, not fail the run later."""
+    call = InThread(pausing.typed_gate, kind="window")
+    run = paused_at(journal, "pause")
+    with pytest.raises(InputError, match="the run stays Paused") as refused:
+        persevere.resume_flow_run(run.id, bad)
+    assert named in str(refused.value)
+    assert journal.get_flow_run(run.id).state_name == "Paused"
+
+    good = {"start": "2026-04-01", "at": "2026-04-01T09:00:00Z", "ticket": str(uuid.UUID(int=7))}
+    persevere.resume_flow_run(run.id, good)
+    state = call.result()
+    assert state.type is StateType.COMPLETED, state.message
+    assert state.data["value"] == {**good, "at": "2026-04-01T09:00:00Z"}
 
 
 # -- approve and reject -------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
+import uuid
 from pathlib import Path
 
 import pydantic
@@ -80,10 +82,17 @@ class Decision(pydantic.BaseModel):
     reason: str | None = None
 
 
+class Window(pydantic.BaseModel):
+    start: dt.date
+    at: dt.datetime | None = None
+    ticket: uuid.UUID | None = None
+
+
 INPUT_TYPES: dict[str, object] = {
     "dataclass": Approval,
     "model": Order,
     "decision": Decision,
+    "window": Window,
     "bool": bool,
     "none": None,
 }
