@@ -179,3 +179,9 @@ def task_sleeps(seconds: float = 3600) -> str:
 @flow
 def task_pauses() -> None:
     pauses_inside()
+
+
+@flow
+def quick() -> str:
+    """A flow that needs a worker's slot for a moment (marks nothing)."""
+    return "done"
