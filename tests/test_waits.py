@@ -158,6 +158,11 @@ def tasks_of(journal: Journal, run_id: str) -> list[tuple[str, str, str]]:
     return [(t.task_key, t.kind, t.state_name) for t in journal.task_runs(run_id)]
 
 
+def state_after(journal: Journal, run_id: str) -> tuple[str, StateType]:
+    run = journal.get_flow_run(run_id)
+    return run.state_name, run.state_type
+
+
 def result_of(journal: Journal, run_id: str) -> Any:
     run = journal.get_flow_run(run_id)
     assert run.state_name == "Completed", (run.state_name, run.state_message)
@@ -607,6 +612,17 @@ def test_housekeeping_ends_a_suspended_pause_past_its_deadline(
     assert waits.housekeeping(journal) == []  # once
 
 
+def test_an_answer_after_the_deadline_is_refused_and_ends_the_run(
+    journal: Journal, tclock: TestClock, side: Path
+) -> None:
+    run = suspend(journal, pausing.approval, timeout=60)
+    tclock.advance(61)  # before any housekeeping came round
+    with pytest.raises(RunNotResumable, match="pause timed out; the run is TimedOut"):
+        persevere.approve_flow_run(run.id)
+    assert state_after(journal, run.id) == ("TimedOut", StateType.FAILED)
+    assert executed(side) == {"prepare": 1}
+
+
 def test_housekeeping_wakes_a_suspended_sleep_whose_time_came(
     journal: Journal, tclock: TestClock, side: Path
 ) -> None:
@@ -627,6 +643,10 @@ def test_housekeeping_wakes_a_suspended_sleep_whose_time_came(
     assert tasks_of(journal, run.id)[1] == ("sleep", "sleep", "Scheduled")
     with pytest.raises(RunNotResumable, match="suspended in a sleep"):
         persevere.resume_flow_run(run.id)
+    text = ok("runs", "show", run.id).stdout
+    assert "  wakes:      " in text and "resume:" not in text
+    shown = json.loads(ok("runs", "show", run.id, "--json").stdout)
+    assert shown["pause"]["wakes"] == iso(start + HOUR_MS)
 
     tclock.advance(3599)
     assert waits.housekeeping(journal) == []

@@ -229,6 +229,30 @@ def test_a_pause_in_a_live_process_is_approved_from_another_and_the_first_goes_o
     assert executed(side) == {"prepare": 1, "publish": 1}
 
 
+def test_a_paused_process_killed_then_approved_goes_on_in_the_approving_process(
+    db: Path, journal: Journal, side: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    proc = start(processes, db, "run", f"{FLOW_FILE}:gate", PAUSING_SIDE=str(side))
+
+    def paused() -> FlowRun | None:
+        run = newest_run(journal, "gate")
+        return run if run is not None and run.state_name == "Paused" else None
+
+    run = wait_for(paused, timeout=20)
+    assert isinstance(run, FlowRun)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert state_of(journal, run.id) == "Paused"  # its pause is still open to an answer
+
+    approved = run_cli(db, "runs", "approve", run.id, PAUSING_SIDE=str(side))
+    assert approved.returncode == 0, approved.stderr
+    assert f"run {run.id} resumed: executing it here" in approved.stderr
+    assert approved.stdout.strip() == "3"
+    done = journal.get_flow_run(run.id)
+    assert done.state_name == "Completed" and done.owner_pid not in (None, proc.pid)
+    assert executed(side) == {"prepare": 1, "publish": 1}  # prepare replayed
+
+
 # -- under a worker ------------------------------------------------------------------------
 
 
