@@ -694,6 +694,25 @@ def test_cancel_of_a_paused_run_ends_it_and_the_waiting_call_returns(
     assert executed(side) == {"prepare": 1}
 
 
+def test_cancel_of_a_paused_run_runs_its_on_cancellation_hooks_as_a_timeout_does(
+    journal: Journal, tclock: TestClock, side: Path
+) -> None:
+    """The waiting process ends the run either way; its hooks run either way."""
+    timed_out = InThread(pausing.hooked_gate, timeout=60, on_timeout="cancel")
+    paused_at(journal, "gate")
+    tclock.advance(61)
+    assert timed_out.result().name == "Cancelled"
+    assert executed(side) == {"prepare": 1, "on_cancellation": 1}
+
+    cancelled = InThread(pausing.hooked_gate, x=2)
+    run = paused_at(journal, "gate")
+    ok("runs", "cancel", run.id)
+    assert cancelled.result().name == "Cancelled"
+    assert executed(side) == {"prepare": 2, "on_cancellation": 2}
+    journal.flush()
+    assert journal.hooks.owed(run.id) == {}  # run, and marked done
+
+
 # -- the command line ---------------------------------------------------------------------
 
 

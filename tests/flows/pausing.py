@@ -185,3 +185,15 @@ def task_pauses() -> None:
 def quick() -> str:
     """A flow that needs a worker's slot for a moment (marks nothing)."""
     return "done"
+
+
+def _note_cancelled(flow: object, run: object, state: object) -> None:
+    _mark("on_cancellation")
+
+
+@flow(on_cancellation=[_note_cancelled])
+def hooked_gate(x: int = 1, timeout: float = 600, on_timeout: str = "fail") -> int:
+    """``gate`` with an ``on_cancellation`` hook (it marks the side file)."""
+    y = prepare(x)
+    persevere.pause_flow_run(timeout=timeout, key="gate", on_timeout=on_timeout)
+    return publish(y)
