@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ from persevere import clock
 from persevere.cli import cli
 from persevere.cli.output import iso
 from persevere.exceptions import InputError, NonDeterminismError, RunNotResumable
-from persevere.journal import FlowRun, Journal, new_id
-from persevere.statemachine import State, StateType
+from persevere.journal import FlowRun, Journal, close_all, new_id
+from persevere.statemachine import StateType
 from persevere.testing import TestClock
 from persevere.worker import deploying, execute, reruns, waits
 from persevere.worker.owners import this_process
@@ -80,6 +80,7 @@ def tclock(db: Path) -> Iterator[TestClock]:
     test_clock = TestClock(START)
     previous = clock.use(test_clock)
     yield test_clock
+    close_all()  # by the clock its leases were renewed by
     clock.use(previous)
 
 
@@ -91,10 +92,14 @@ class Polls:
         self.count = 0
         self.released = threading.Event()
         self.released.set()
+        self.interrupt = False
 
     def sleep(self, seconds: float) -> None:
         self.count += 1
         self.released.wait(10)
+        if self.interrupt:  # the waiting process is stopped (Ctrl-C) while it waits
+            self.interrupt = False
+            raise KeyboardInterrupt
         time.sleep(seconds)
 
     def two_more(self) -> None:
@@ -115,27 +120,31 @@ def executed(side: Path) -> Counter[str]:
 
 
 class InThread:
-    """A flow called in a thread, so that its pause can wait while the test answers."""
+    """A call in a thread, so that a pause in it can wait while the test answers."""
 
-    def __init__(self, flow: Any, **params: Any) -> None:
-        self.state: State | None = None
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.value: Any = None
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._call, args=(flow, params), daemon=True)
+        self.thread = threading.Thread(target=self._call, args=(call,), daemon=True)
         self.thread.start()
 
-    def _call(self, flow: Any, params: dict[str, Any]) -> None:
+    def _call(self, call: Callable[[], Any]) -> None:
         try:
-            self.state = flow(return_state=True, **params)
+            self.value = call()
         except BaseException as exc:
             self.error = exc
 
-    def result(self, timeout: float = 10) -> State:
+    def result(self, timeout: float = 10) -> Any:
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the flow call did not return"
+        assert not self.thread.is_alive(), "the call did not return"
         if self.error is not None:
             raise self.error
-        assert self.state is not None
-        return self.state
+        return self.value
+
+
+def in_thread(flow: Any, **params: Any) -> InThread:
+    """Call a flow in a thread; ``result()`` is its final State."""
+    return InThread(lambda: flow(return_state=True, **params))
 
 
 def paused_at(journal: Journal, key: str, flow_name: str | None = None) -> FlowRun:
@@ -345,7 +354,7 @@ def test_suspend_in_a_subflow_is_refused_with_a_clear_error(
 def test_a_resumed_pause_returns_the_input_as_its_type(
     journal: Journal, tclock: TestClock, side: Path, kind: str, given: Any, expected: Any
 ) -> None:
-    call = InThread(pausing.typed_gate, kind=kind)
+    call = in_thread(pausing.typed_gate, kind=kind)
     run = paused_at(journal, "pause")
     assert run.state_name == "Paused" and run.lease_token is not None  # its process waits
     if given is NO_INPUT:
@@ -377,7 +386,7 @@ def test_a_resumed_pause_returns_the_input_as_its_type(
 def test_a_bad_input_is_refused_naming_the_field_and_the_run_stays_paused(
     journal: Journal, tclock: TestClock, bad: Any, named: str
 ) -> None:
-    call = InThread(pausing.typed_gate, kind="model")
+    call = in_thread(pausing.typed_gate, kind="model")
     run = paused_at(journal, "pause")
     with pytest.raises(InputError, match="the run stays Paused") as refused:
         persevere.resume_flow_run(run.id, bad)
@@ -405,7 +414,7 @@ def test_a_string_in_a_bad_format_is_refused_before_the_flow_sees_it(
 ) -> None:
     """JSON Schema does not check ``format`` unless asked: a date the pause call's
     type would refuse must be refused by the resume, not fail the run later."""
-    call = InThread(pausing.typed_gate, kind="window")
+    call = in_thread(pausing.typed_gate, kind="window")
     run = paused_at(journal, "pause")
     with pytest.raises(InputError, match="the run stays Paused") as refused:
         persevere.resume_flow_run(run.id, bad)
@@ -441,7 +450,7 @@ def test_a_string_in_a_bad_format_is_refused_before_the_flow_sees_it(
 def test_approve_and_reject_answer_each_input_shape(
     journal: Journal, tclock: TestClock, kind: str, yes: bool, text: str | None, expected: Any
 ) -> None:
-    call = InThread(pausing.typed_gate, kind=kind)
+    call = in_thread(pausing.typed_gate, kind=kind)
     run = paused_at(journal, "pause")
     if yes:
         persevere.approve_flow_run(run.id, text)
@@ -453,7 +462,7 @@ def test_approve_and_reject_answer_each_input_shape(
 def test_a_rejected_pause_without_input_raises_pause_rejected_which_the_flow_may_catch(
     journal: Journal, tclock: TestClock, side: Path
 ) -> None:
-    call = InThread(pausing.rejectable)
+    call = in_thread(pausing.rejectable)
     run = paused_at(journal, "check")
     persevere.reject_flow_run(run.id, "not today")
     state = call.result()
@@ -467,7 +476,7 @@ def test_a_rejected_pause_without_input_raises_pause_rejected_which_the_flow_may
 def test_a_rejection_the_flow_does_not_catch_fails_the_run(
     journal: Journal, tclock: TestClock, side: Path
 ) -> None:
-    call = InThread(pausing.gate)
+    call = in_thread(pausing.gate)
     run = paused_at(journal, "gate")
     persevere.reject_flow_run(run.id, "wrong numbers")
     state = call.result()
@@ -481,7 +490,7 @@ def test_a_rejection_the_flow_does_not_catch_fails_the_run(
 def test_approve_is_refused_for_an_input_of_its_own_shape(
     journal: Journal, tclock: TestClock
 ) -> None:
-    call = InThread(pausing.typed_gate, kind="model")
+    call = in_thread(pausing.typed_gate, kind="model")
     run = paused_at(journal, "pause")
     for answer in (persevere.approve_flow_run, persevere.reject_flow_run):
         with pytest.raises(InputError, match="waits for an input of its own shape"):
@@ -494,7 +503,7 @@ def test_approve_is_refused_for_an_input_of_its_own_shape(
 def test_input_for_a_pause_waiting_for_none_and_none_for_one_waiting_are_refused(
     journal: Journal, tclock: TestClock
 ) -> None:
-    gate = InThread(pausing.gate)
+    gate = in_thread(pausing.gate)
     run = paused_at(journal, "gate")
     with pytest.raises(InputError, match="its pause waits for no input"):
         persevere.resume_flow_run(run.id, {"approved": True})
@@ -502,7 +511,7 @@ def test_input_for_a_pause_waiting_for_none_and_none_for_one_waiting_are_refused
     persevere.resume_flow_run(run.id)
     assert gate.result().type is StateType.COMPLETED
 
-    typed = InThread(pausing.typed_gate, kind="dataclass")
+    typed = in_thread(pausing.typed_gate, kind="dataclass")
     run = paused_at(journal, "pause", "typed_gate")
     with pytest.raises(InputError, match=r"waits for input \(\{approved: boolean, comment"):
         persevere.resume_flow_run(run.id)
@@ -529,7 +538,7 @@ def test_answers_to_a_run_that_is_not_paused_are_refused(
 def test_a_flow_that_pauses_twice_with_two_keys(
     journal: Journal, tclock: TestClock, side: Path
 ) -> None:
-    call = InThread(pausing.two_gates)
+    call = in_thread(pausing.two_gates)
     run = paused_at(journal, "first")
     persevere.resume_flow_run(run.id)
     again = paused_at(journal, "second")
@@ -563,6 +572,55 @@ def test_a_changed_pause_key_at_a_recorded_position_is_non_determinism(
     assert executed(side) == {"prepare": 1}
 
 
+@pytest.mark.parametrize(
+    ("down_seconds", "deadline_after_resume"), [(30, 30), (90, 60)], ids=["kept", "renewed"]
+)
+def test_a_pause_interrupted_with_its_run_pauses_again_when_resumed(
+    journal: Journal,
+    tclock: TestClock,
+    side: Path,
+    polls: Polls,
+    down_seconds: float,
+    deadline_after_resume: float,
+) -> None:
+    """With its first deadline if that has not passed, else a whole new timeout."""
+    call = in_thread(pausing.gate, timeout=60)
+    run = paused_at(journal, "gate")
+    first_deadline = run.pause_deadline_ms
+    polls.interrupt = True
+    with pytest.raises(persevere.RunInterrupted):
+        call.result()
+    assert journal.get_flow_run(run.id).state_name == "Crashed"
+    tclock.advance(down_seconds)
+
+    again = InThread(lambda: reruns.resume(journal, run.id))
+    paused = paused_at(journal, "gate")
+    assert paused.pause_deadline_ms == tclock.now_ms() + deadline_after_resume * 1000
+    if deadline_after_resume == 30:
+        assert paused.pause_deadline_ms == first_deadline
+    persevere.approve_flow_run(run.id)
+    again.result()
+    assert result_of(journal, run.id) == 3
+    assert executed(side) == {"prepare": 1, "publish": 1}
+
+
+def test_a_rejection_is_the_runs_answer_and_a_resume_does_not_ask_again(
+    journal: Journal, tclock: TestClock, side: Path
+) -> None:
+    call = in_thread(pausing.gate)
+    run = paused_at(journal, "gate")
+    persevere.reject_flow_run(run.id, "no")
+    assert call.result().type is StateType.FAILED
+
+    state, _ = reruns.resume(journal, run.id)  # replays the rejection: no new pause
+    assert state.type is StateType.FAILED and isinstance(state.data, persevere.PauseRejected)
+    assert tasks_of(journal, run.id) == [
+        ("prepare", "task", "Completed"),
+        ("gate", "pause", "Failed"),
+    ]
+    assert executed(side) == {"prepare": 1}
+
+
 # -- timeouts ----------------------------------------------------------------------------
 
 
@@ -579,7 +637,7 @@ def test_a_pause_that_times_out_fails_or_cancels_the_run(
     state_type: StateType,
     name: str,
 ) -> None:
-    call = InThread(pausing.gate, timeout=60, on_timeout=on_timeout)
+    call = in_thread(pausing.gate, timeout=60, on_timeout=on_timeout)
     run = paused_at(journal, "gate")
     assert run.pause_deadline_ms == tclock.now_ms() + 60_000
     tclock.advance(59)
@@ -666,7 +724,7 @@ def test_housekeeping_wakes_a_suspended_sleep_whose_time_came(
 def test_housekeeping_leaves_alone_a_paused_run_whose_process_waits(
     journal: Journal, tclock: TestClock, polls: Polls
 ) -> None:
-    call = InThread(pausing.gate, timeout=60)
+    call = in_thread(pausing.gate, timeout=60)
     run = paused_at(journal, "gate")
     polls.released.clear()  # the process is alive, but does not look for a while
     tclock.advance(120)
@@ -684,7 +742,7 @@ def test_housekeeping_leaves_alone_a_paused_run_whose_process_waits(
 def test_cancel_of_a_paused_run_ends_it_and_the_waiting_call_returns(
     journal: Journal, tclock: TestClock, side: Path
 ) -> None:
-    call = InThread(pausing.gate)
+    call = in_thread(pausing.gate)
     run = paused_at(journal, "gate")
     result = ok("runs", "cancel", run.id)
     assert result.stderr.strip().endswith(f"run {run.id} Cancelled")
@@ -698,13 +756,13 @@ def test_cancel_of_a_paused_run_runs_its_on_cancellation_hooks_as_a_timeout_does
     journal: Journal, tclock: TestClock, side: Path
 ) -> None:
     """The waiting process ends the run either way; its hooks run either way."""
-    timed_out = InThread(pausing.hooked_gate, timeout=60, on_timeout="cancel")
+    timed_out = in_thread(pausing.hooked_gate, timeout=60, on_timeout="cancel")
     paused_at(journal, "gate")
     tclock.advance(61)
     assert timed_out.result().name == "Cancelled"
     assert executed(side) == {"prepare": 1, "on_cancellation": 1}
 
-    cancelled = InThread(pausing.hooked_gate, x=2)
+    cancelled = in_thread(pausing.hooked_gate, x=2)
     run = paused_at(journal, "gate")
     ok("runs", "cancel", run.id)
     assert cancelled.result().name == "Cancelled"
@@ -821,7 +879,7 @@ def test_cli_reject_with_a_reason_reaches_the_flow(journal: Journal, tclock: Tes
 def test_cli_approve_of_a_process_that_waits_says_who_goes_on(
     journal: Journal, tclock: TestClock
 ) -> None:
-    call = InThread(pausing.gate)
+    call = in_thread(pausing.gate)
     run = paused_at(journal, "gate")
     result = ok("runs", "approve", run.id)
     assert result.stdout == ""
@@ -849,7 +907,7 @@ def test_cli_show_says_how_a_paused_run_goes_on(journal: Journal, tclock: TestCl
 
 
 def test_cli_show_of_a_pause_without_input_or_deadline(journal: Journal, tclock: TestClock) -> None:
-    call = InThread(pausing.typed_gate, kind="none", timeout=None)
+    call = in_thread(pausing.typed_gate, kind="none", timeout=None)
     run = paused_at(journal, "pause")
     text = ok("runs", "show", run.id).stdout
     assert "waits for:" not in text and "times out:" not in text
