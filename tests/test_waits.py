@@ -750,6 +750,10 @@ def test_cancel_of_a_paused_run_ends_it_and_the_waiting_call_returns(
     assert (state.type, state.name) == (StateType.CANCELLED, "Cancelled")
     assert tasks_of(journal, run.id)[1] == ("gate", "pause", "Cancelled")
     assert executed(side) == {"prepare": 1}
+    # The process let go of the run's lease: it renews it no more (nor finds it "lost").
+    tclock.advance(journal.settings.lease_seconds)
+    journal.writer.flush_in_background()
+    assert not journal.writer.lost(run.id)
 
 
 def test_cancel_of_a_paused_run_runs_its_on_cancellation_hooks_as_a_timeout_does(
