@@ -542,9 +542,8 @@ def test_a_flow_that_pauses_twice_with_two_keys(
     run = paused_at(journal, "first")
     persevere.resume_flow_run(run.id)
     again = paused_at(journal, "second")
-    assert again.id == run.id and again.state_message == "paused at 'second' until " + (
-        "2026-03-28T13:00:00+00:00"
-    )
+    assert again.id == run.id
+    assert again.state_message == "paused at 'second' until 2026-03-28T13:00:00+00:00"
     persevere.approve_flow_run(run.id)
     assert call.result().data == 4
     assert tasks_of(journal, run.id) == [
