@@ -288,3 +288,16 @@ class Terminated(BaseException):
         self.signum = signum
         self.run_id: str | None = None  # the outermost flow run it stopped, once journaled
         super().__init__(f"terminated by signal {signum}")
+
+
+class ScheduleNotFound(PersevereError, LookupError):
+    """No schedule of the deployment has the id (or id prefix) given."""
+
+    def __init__(self, deployment: str, schedule_id: str, detail: str = "") -> None:
+        self.deployment = deployment
+        self.schedule_id = schedule_id
+        super().__init__(
+            detail
+            or f"deployment {deployment!r} has no schedule {schedule_id!r} "
+            f"(`persevere deployments schedule ls {deployment}` lists them)"
+        )

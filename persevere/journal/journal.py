@@ -33,6 +33,7 @@ from .records import (
     from_row,
 )
 from .results import Codec, content_id
+from .schedules import Schedules
 from .schema import ensure_schema
 from .statements import (
     FLOW_COLUMNS,
@@ -84,6 +85,7 @@ class Journal:
         self.limits = Limits(self)
         self.deployments = Deployments(self)
         self.workers = Workers(self)
+        self.schedules = Schedules(self)
 
     # -- reading ------------------------------------------------------------
 
