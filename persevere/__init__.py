@@ -32,6 +32,7 @@ from .exceptions import (
     TaskRunCancelled,
 )
 from .flows import Flow, flow
+from .schedules import Cron, Interval, RRule
 from .statemachine import State, StateType, allow_failure
 from .statemachine.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from .statemachine.retries import exponential_backoff
@@ -59,10 +60,12 @@ __all__ = [
     "CachePolicy",
     "ConcurrencyError",
     "ConcurrencySlotTimeout",
+    "Cron",
     "DaskTaskRunner",
     "Deployment",
     "DeploymentNotFound",
     "Flow",
+    "Interval",
     "InvalidTransition",
     "LeaseLost",
     "NonDeterminismError",
@@ -70,6 +73,7 @@ __all__ = [
     "PersevereError",
     "PersevereFuture",
     "ProcessPoolTaskRunner",
+    "RRule",
     "RemoteTaskError",
     "RunInterrupted",
     "RunKeyConflict",

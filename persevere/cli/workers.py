@@ -56,6 +56,11 @@ def worker_group() -> None:
     show_default=True,
     help="After SIGTERM to a run's process group (cancel, release), when to SIGKILL it.",
 )
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not make the runs of schedules here (`persevere scheduler` or other workers do).",
+)
 @click.pass_context
 def start(
     ctx: click.Context,
@@ -65,13 +70,15 @@ def start(
     poll_seconds: float,
     grace_seconds: float,
     kill_grace_seconds: float,
+    no_scheduler: bool,
 ) -> None:
     """Claim and execute Scheduled runs until stopped (SIGTERM or Ctrl-C).
 
     A first signal stops claiming and waits up to --grace-seconds for the
     runs in hand, then releases the rest to other workers; a second one
     releases them at once. Crashed runs are resumed automatically (see
-    @flow(max_auto_resumes=...)).
+    @flow(max_auto_resumes=...)). Each round also makes the runs of
+    deployments' schedules and marks waiting runs Late, unless --no-scheduler.
     """
     worker = Worker(
         journal_of(ctx),
@@ -82,6 +89,7 @@ def start(
         grace_seconds=grace_seconds,
         kill_grace_seconds=kill_grace_seconds,
         say=lambda line: click.echo(f"{local(clock.now_ms())} {line}", err=True),
+        scheduler=not no_scheduler,
     )
     worker.run()
 
