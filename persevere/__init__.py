@@ -9,6 +9,8 @@
 ...     return double(x)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .context import get_run_context, idempotency_key
 from .exceptions import (
     Abort,
@@ -32,7 +34,6 @@ from .exceptions import (
     TaskRunCancelled,
 )
 from .flows import Flow, flow
-from .schedules import Cron, Interval, RRule
 from .statemachine import State, StateType, allow_failure
 from .statemachine.caching import FLOW_PARAMETERS, INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from .statemachine.retries import exponential_backoff
@@ -50,6 +51,20 @@ from .worker.runners import (
 from .worker.task_runs import unmapped
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .schedules import Cron, Interval, RRule
+
+
+def __getattr__(name: str) -> Any:
+    """``Cron``, ``Interval`` and ``RRule``, loaded on first use: a plain flow needs no
+    calendar (PEP 562)."""
+    if name in ("Cron", "Interval", "RRule"):
+        from . import schedules
+
+        return getattr(schedules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FLOW_PARAMETERS",

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .callables import Hook, RunOptions
-from .schedules import Schedule
 from .statemachine import State
 from .statemachine.retries import DelaySpec
 from .worker import deploying, run_flow
 from .worker.deploying import DEFAULT_QUEUE, Deployment
 from .worker.runners import TaskRunner, ThreadPoolTaskRunner
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")

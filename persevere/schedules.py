@@ -5,7 +5,8 @@
 >>> every_quarter_hour = Interval("15m", parameters={"full": False}, catchup="skip")
 
 Each is checked when it is deployed (the calendar, the timezone, the
-parameters against the flow); building one imports nothing heavy.
+parameters against the flow). ``import persevere`` does not load this module
+(nor the calendar): the names are looked up on first use.
 
 Options every kind takes (keyword only):
 
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .worker.deploying import ScheduleSpec
+from .worker.scheduling import ScheduleSpec
 
 __all__ = ["Cron", "Interval", "RRule"]
 

@@ -8,16 +8,21 @@ tests/test_schedule_processes.py runs it as real processes.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import sqlite3
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import persevere
 from persevere import clock
@@ -27,13 +32,13 @@ from persevere.journal.records import from_row
 from persevere.journal.schedules import Schedule
 from persevere.journal.statements import FLOW_COLUMNS
 from persevere.settings import Settings
-from persevere.statemachine import StateType
+from persevere.statemachine import StateType, fold
 from persevere.statemachine.calendar import local_iso, parse_time
 from persevere.testing import Harness, TestClock
 from persevere.worker import deploying, scheduling
-from persevere.worker.deploying import ScheduleSpec
 from persevere.worker.owners import this_process
 from persevere.worker.scheduler import Scheduler
+from persevere.worker.scheduling import ScheduleSpec
 
 from .conftest import FLOWS, error_line, invoke, ok
 from .flows import scheduled
@@ -738,3 +743,116 @@ def test_the_harness_ticks_at_its_clock(persevere_harness: Harness) -> None:
     made, late = h.tick()
     assert made.endswith("made 1 run for 2026-01-02T06:00:00+00:00")
     assert late.endswith("Late: not started within 60 s of its time")
+
+
+# -- a state machine: ticks, time, pauses and workers against the invariants --------------------
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """One schedule every 10 minutes, a scheduler, a clock that jumps, a worker that
+    sometimes takes a due run; after every step the journal must hold each time once,
+    only times of the calendar, histories that fold, and after a pass: the runs ahead
+    within bounds, no more overdue runs than the policy keeps, nothing Scheduled past
+    its grace; with ``all`` and a large cap and no pause, no time skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = tempfile.TemporaryDirectory(prefix="persevere-sched-")
+        self.clock = TestClock(START)
+        self.previous = clock.use(self.clock)
+        settings = dataclasses.replace(Settings.from_env(), late_after_seconds=60.0)
+        self.journal = Journal(Path(self.folder.name) / "p.db", settings)
+        self.deployment = make_deployment(self.journal)
+        self.paused_ever = False
+        self.cursor = 0
+
+    @initialize(
+        policy=st.sampled_from(["skip", "latest", "all"]),
+        cap=st.sampled_from([1, 3, 1000]),
+        grace=st.sampled_from([0, 60, 900]),
+    )
+    def create(self, policy: str, cap: int, grace: int) -> None:
+        self.schedule = scheduling.add(
+            self.journal, self.deployment,
+            ScheduleSpec("interval", "10m", catchup=policy, catchup_cap=cap, grace=grace),
+        )  # fmt: skip
+        self.cursor = self.schedule.cursor_ms or 0
+
+    @rule(minutes=st.integers(0, 240))
+    def advance(self, minutes: int) -> None:
+        self.clock.advance(minutes=minutes, seconds=7)
+
+    @rule()
+    def tick(self) -> None:
+        Scheduler(self.journal, horizon_seconds=1800, max_ahead=4).tick()
+        self.after_tick()
+
+    @rule()
+    def pause(self) -> None:
+        self.journal.schedules.set_active([self._current()], False)
+        self.paused_ever = True
+
+    @rule()
+    def resume(self) -> None:
+        changed, _ = self.journal.schedules.set_active([self._current()], True)
+        if changed:
+            self.cursor = changed[0].cursor_ms or 0
+
+    @rule()
+    def a_worker_takes_one(self) -> None:
+        self.journal.workers.claim("w", [], this_process(), new_id())
+
+    def _current(self) -> Schedule:
+        [schedule] = self.journal.schedules.of(self.deployment)
+        return schedule
+
+    def runs(self) -> list[FlowRun]:
+        return runs_of(self.journal, self.schedule)
+
+    @invariant()
+    def each_time_once_and_of_the_calendar(self) -> None:
+        if not hasattr(self, "schedule"):
+            return
+        made = [r.schedule_ms or 0 for r in self.runs()]
+        assert len(made) == len(set(made))
+        assert all(t % (10 * MIN) == 0 for t in made)
+        for run in self.runs():
+            moves = [(t.to_type, t.name) for t in self.journal.history(run.id)]
+            assert fold(moves)[:2] == (run.state_type, run.state_name)
+        current = self._current()
+        if current.is_active:
+            assert (current.cursor_ms or 0) >= self.cursor  # never back while it runs
+            self.cursor = current.cursor_ms or 0
+
+    def after_tick(self) -> None:
+        current, now = self._current(), clock.now_ms()
+        threshold = now - current.grace_ms
+        runs = self.runs()
+        if current.is_active:  # a paused schedule makes nothing and drops nothing
+            ahead = [r for r in runs if (r.schedule_ms or 0) > now]
+            assert 1 <= len(ahead) <= 4
+            waiting = [
+                r for r in runs
+                if r.state_name in ("Scheduled", "Late") and r.run_count == 0
+                and r.scheduled_ms == r.schedule_ms and (r.schedule_ms or 0) <= threshold
+            ]  # fmt: skip
+            keeps = {"skip": 0, "latest": 1, "all": current.catchup_cap}[current.catchup]
+            assert len(waiting) <= keeps
+        assert not [
+            r for r in runs if r.state_name == "Scheduled" and (r.scheduled_ms or 0) <= threshold
+        ]
+        if current.catchup == "all" and current.catchup_cap == 1000 and not self.paused_ever:
+            made = [r.schedule_ms or 0 for r in runs]
+            assert all(b - a == 10 * MIN for a, b in itertools.pairwise(made))
+
+    def teardown(self) -> None:
+        self.journal.close()
+        clock.use(self.previous)
+        self.folder.cleanup()
+
+
+TestSchedulerMachine = SchedulerMachine.TestCase
+TestSchedulerMachine.settings = hypothesis.settings(
+    max_examples=50, stateful_step_count=25, deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)  # fmt: skip

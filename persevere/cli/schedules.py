@@ -20,8 +20,8 @@ from ..journal.schedules import Schedule
 from ..statemachine.calendar import describe, local_iso, parse_time
 from ..statemachine.catchup import POLICIES, grace_label
 from ..worker import parameters, scheduling
-from ..worker.deploying import ScheduleSpec
 from ..worker.scheduler import Scheduler
+from ..worker.scheduling import ScheduleSpec
 from .app import UserError, cli, journal_of
 from .output import echo_table, iso, jsonable, local
 
@@ -34,37 +34,28 @@ CATCHUP_HELP = (
 )
 
 
-class Whole(click.ParamType):
-    """A whole number of at least ``minimum``; a bad one is one line, not a usage text."""
-
-    name = "integer"
-
-    def __init__(self, minimum: int = 1) -> None:
-        self.minimum = minimum
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        flag = param.opts[0] if param is not None and param.opts else "value"
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{flag} {value!r} must be a whole number") from None
-        if number < self.minimum:
-            raise UserError(f"{flag} {number} must be at least {self.minimum}")
-        return number
+def whole(ctx: click.Context, param: click.Parameter, value: Any) -> int | None:
+    """Option callback: a whole number of at least 1; a bad one is one line, not a usage text."""
+    if value is None:
+        return None
+    flag = param.opts[0] if param.opts else "value"
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} {value!r} must be a whole number") from None
+    if number < 1:
+        raise UserError(f"{flag} {number} must be at least 1")
+    return number
 
 
-class Policy(click.ParamType):
-    """A catch-up policy; a bad one is one line that lists the good ones."""
-
-    name = "policy"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        if value not in POLICIES:
-            raise UserError(
-                f"--catchup {value!r} must be one of: latest (the newest overdue run), skip "
-                "(none), all (the newest --catchup-cap)"
-            )
-        return str(value)
+def policy(ctx: click.Context, param: click.Parameter, value: Any) -> str | None:
+    """Option callback: a catch-up policy; a bad one is one line that lists the good ones."""
+    if value is not None and value not in POLICIES:
+        raise UserError(
+            f"--catchup {value!r} must be one of: latest (the newest overdue run), skip "
+            "(none), all (the newest --catchup-cap)"
+        )
+    return None if value is None else str(value)
 
 
 def _shared_options(fn: F) -> F:
@@ -80,10 +71,10 @@ def _shared_options(fn: F) -> F:
                 help="Where an --interval counts from, or an --rrule without DTSTART "
                 "(naive: in --timezone).",
             ),
-            click.option("--catchup", type=Policy(), help=CATCHUP_HELP),
+            click.option("--catchup", callback=policy, help=CATCHUP_HELP),
             click.option(
                 "--catchup-cap",
-                type=Whole(),
+                callback=whole,
                 help="With --catchup all: at most this many overdue runs (default 100).",
             ),
             click.option(
@@ -323,7 +314,7 @@ def delete(ctx: click.Context, name: str, schedule_id: str) -> None:
 
 @schedule_group.command("preview")
 @click.argument("name")
-@click.option("--count", type=Whole(), default=10, show_default=True, help="How many times.")
+@click.option("--count", callback=whole, default=10, show_default=True, help="How many times.")
 @click.option("--timezone", "-z", help="Show the times in this zone (default: each schedule's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
@@ -430,7 +421,7 @@ def resume_schedule(ctx: click.Context, name: str, schedule_id: str | None) -> N
 @click.option(
     "--max",
     "max_runs",
-    type=Whole(),
+    callback=whole,
     default=1000,
     show_default=True,
     help="Refuse to make more runs than this.",

@@ -8,10 +8,11 @@ flusher within ``flush_seconds``); the docstrings say which.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..exceptions import RunNotFound
@@ -33,7 +34,6 @@ from .records import (
     from_row,
 )
 from .results import Codec, content_id
-from .schedules import Schedules
 from .schema import ensure_schema
 from .statements import (
     FLOW_COLUMNS,
@@ -56,6 +56,9 @@ from .statements import (
 )
 from .workers import Workers
 from .writer import Op, Writer
+
+if TYPE_CHECKING:
+    from .schedules import Schedules
 
 
 class Journal:
@@ -85,7 +88,13 @@ class Journal:
         self.limits = Limits(self)
         self.deployments = Deployments(self)
         self.workers = Workers(self)
-        self.schedules = Schedules(self)
+
+    @functools.cached_property
+    def schedules(self) -> Schedules:
+        """Schedules of deployments and the scheduler's transactions."""
+        from .schedules import Schedules  # deferred: `import persevere` need not pay for it
+
+        return Schedules(self)
 
     # -- reading ------------------------------------------------------------
 

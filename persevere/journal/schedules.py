@@ -293,17 +293,27 @@ class Schedules:
     def due(self, now_ms: int) -> list[DueSchedule]:
         """Every active schedule of an existing deployment, with how many runs it has made
         ahead and how many never started past their grace. One read, no lock taken."""
+        # Both counts stay cheap however many runs a schedule made in its life: runs
+        # ahead are a range of the (schedule, time) index, and overdue ones are found
+        # among the SCHEDULED runs (the state index), not among a schedule's past.
         rows = self._journal.query(
-            "SELECT s.*, "
-            "(SELECT count(*) FROM flow_runs r WHERE r.schedule_id = s.id "
-            " AND r.schedule_ms > ?) AS ahead, "
-            "(SELECT count(*) FROM flow_runs r WHERE r.schedule_id = s.id "
-            f" AND r.schedule_ms <= ? - s.grace_ms AND {_NOT_STARTED}) AS overdue "
-            "FROM schedules s JOIN deployments d ON d.id = s.deployment_id "
-            "WHERE s.active = 1 ORDER BY s.id",
-            (now_ms, now_ms),
+            "SELECT s.*, (SELECT count(*) FROM flow_runs r WHERE r.schedule_id = s.id "
+            "AND r.schedule_ms > ?) AS ahead FROM schedules s "
+            "JOIN deployments d ON d.id = s.deployment_id WHERE s.active = 1 ORDER BY s.id",
+            (now_ms,),
         )
-        return [DueSchedule(from_row(Schedule, r), r["ahead"], r["overdue"]) for r in rows]
+        overdue = dict(
+            self._journal.query(
+                "SELECT r.schedule_id, count(*) FROM flow_runs r "
+                "JOIN schedules s ON s.id = r.schedule_id "
+                f"WHERE {_NOT_STARTED} "
+                "AND r.schedule_ms <= ? - s.grace_ms GROUP BY r.schedule_id",
+                (now_ms,),
+            )
+        )
+        return [
+            DueSchedule(from_row(Schedule, r), r["ahead"], overdue.get(r["id"], 0)) for r in rows
+        ]
 
     def advance(
         self, schedule_id: str, now_ms: int, planner: Callable[[Snapshot], Plan]
@@ -357,8 +367,8 @@ class Schedules:
         if found is None:
             return None
         threshold = now - schedule.grace_ms
-        waiting = conn.execute(
-            f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE schedule_id = ? AND schedule_ms <= ? "
+        waiting = conn.execute(  # +schedule_id: found among the SCHEDULED runs, not its past
+            f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE +schedule_id = ? AND schedule_ms <= ? "
             "AND state_type = 'SCHEDULED' AND state_name IN ('Scheduled', 'Late') "
             "ORDER BY schedule_ms",
             (schedule.id, threshold),

@@ -23,9 +23,9 @@ import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import EntrypointError, ParameterError
 from ..journal import FlowRun, Journal, Transition, open_journal, to_json
@@ -33,10 +33,12 @@ from ..journal.deployments import DEFAULT_QUEUE, Deployment, overlay
 from ..statemachine import FINAL_TYPES, StateType
 from . import entrypoints, parameters, recovery
 
+if TYPE_CHECKING:
+    from .scheduling import ScheduleSpec
+
 __all__ = [
     "DEFAULT_QUEUE",
     "Deployment",
-    "ScheduleSpec",
     "Signature",
     "deploy",
     "describe",
@@ -54,30 +56,6 @@ _RESERVED = "__persevere__"
 
 #: How often a wait for a run looks at the journal, in seconds.
 POLL_SECONDS = 0.1
-
-
-# -- schedules, as given ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """A schedule as given (``persevere.Cron`` and its kin, or the command line), unchecked.
-
-    ``anchor``: an aware datetime, ISO text (read in ``timezone`` if it has no
-    offset) or epoch ms. ``grace``: seconds, or text such as ``90s`` or ``2m``.
-    ``texts``: the command-line text of each parameter (see :func:`schedule`).
-    """
-
-    kind: str
-    expression: str
-    timezone: str = "UTC"
-    anchor: dt.datetime | str | int | None = None
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    texts: Mapping[str, str] | None = None
-    catchup: str = "latest"
-    catchup_cap: int = 100
-    grace: float | str = 60.0
-    active: bool = True
 
 
 # -- signatures ---------------------------------------------------------------------

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from .. import clock
 from ..journal import Journal
@@ -26,7 +27,7 @@ from ..statemachine.calendar import (
     times_between,
 )
 from ..statemachine.catchup import NewRun, check_policy
-from .deploying import ScheduleSpec, given_parameters
+from .deploying import given_parameters
 
 __all__ = [
     "Backfill",
@@ -39,6 +40,28 @@ __all__ = [
     "prepare_all",
     "preview",
 ]
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A schedule as given (``persevere.Cron`` and its kin, or the command line), unchecked.
+
+    ``anchor``: an aware datetime, ISO text (read in ``timezone`` if it has no
+    offset) or epoch ms. ``grace``: seconds, or text such as ``90s`` or ``2m``.
+    ``texts``: the command-line text of each parameter (see
+    :func:`~persevere.worker.deploying.given_parameters`).
+    """
+
+    kind: str
+    expression: str
+    timezone: str = "UTC"
+    anchor: dt.datetime | str | int | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    texts: Mapping[str, str] | None = None
+    catchup: str = "latest"
+    catchup_cap: int = 100
+    grace: float | str = 60.0
+    active: bool = True
 
 
 def grace_ms(grace: float | str) -> int:
