@@ -7,11 +7,16 @@ Every expected instant below was worked out by hand from the zone's offsets
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import subprocess
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from persevere.statemachine import calendar
 from persevere.statemachine.calendar import (
@@ -466,3 +471,288 @@ def test_bad_times_and_intervals(call: object, message: str) -> None:
         call()  # type: ignore[operator]
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+# -- properties -----------------------------------------------------------------------
+
+ZONES = [
+    "UTC", BERLIN, "Europe/London", NEW_YORK, "America/Los_Angeles", "America/St_Johns",
+    "America/Sao_Paulo", SYDNEY, LORD_HOWE, "Pacific/Chatham", "Asia/Kolkata",
+    "Asia/Kathmandu", "Africa/Casablanca",
+]  # fmt: skip
+CRONS = [
+    "*/15 * * * *", "0 * * * *", "30 2 * * *", "15,45 1-3 * * *", "0 7 * * 1-5",
+    "0 12 13 * 5", "0 0 1 * *", "@daily", "5 */2 * * 0", "*/20 2 * * *", "30 1 * * *",
+    "45 2 * * *",
+]  # fmt: skip
+INTERVALS = ["7m", "15m", "1h", "90m", "1h 1s", "1d", "2d", "1w"]
+RRULES = [
+    "FREQ=DAILY;BYHOUR=2,7;BYMINUTE=30",
+    "FREQ=HOURLY;INTERVAL=5",
+    "FREQ=WEEKLY;BYDAY=MO,FR;BYHOUR=1;BYMINUTE=45",
+    "FREQ=MINUTELY;INTERVAL=20;BYHOUR=1,2,3",
+]
+
+
+@functools.cache
+def _changes(zone: str) -> list[int]:
+    """The instants (to the minute) at which ``zone`` changed its offset in 2024-2027."""
+    tz = ZoneInfo(zone)
+
+    def offset(ms: int) -> dt.timedelta | None:
+        return dt.datetime.fromtimestamp(ms / 1000, tz).utcoffset()
+
+    found, day = [], utc(2024, 1, 1)
+    while day < utc(2028, 1, 1):
+        if offset(day) != offset(day + DAY):
+            before, after = day, day + DAY
+            while after - before > MINUTE:
+                middle = (before + after) // 2 // MINUTE * MINUTE
+                before, after = (
+                    (middle, after) if offset(middle) == offset(day) else (before, middle)
+                )
+            found.append(after)
+        day += DAY
+    return found
+
+
+@st.composite
+def moments(draw: st.DrawFn, zone: str) -> int:
+    """An instant in 2024-2027; half of the time within 4 hours of one of the zone's changes."""
+    if _changes(zone) and draw(st.booleans()):
+        change = draw(st.sampled_from(_changes(zone)))
+        return draw(st.integers(change - 4 * HOUR, change + 4 * HOUR))
+    return draw(st.integers(utc(2024, 1, 1), utc(2027, 12, 1)))
+
+
+zones = st.sampled_from(ZONES)
+
+
+@st.composite
+def calendars(draw: st.DrawFn, kinds: tuple[str, ...] = ("cron", "interval", "rrule")) -> Calendar:
+    """A calendar; an rrule's DTSTART is a few days before the times drawn next (cheap)."""
+    kind, zone = draw(st.sampled_from(kinds)), draw(zones)
+    if kind == "cron":
+        return make_calendar(kind, draw(st.sampled_from(CRONS)), zone)
+    if kind == "interval":
+        anchor = draw(st.none() | st.integers(utc(2023, 1, 1), utc(2028, 1, 1)))
+        return make_calendar(kind, draw(st.sampled_from(INTERVALS)), zone, anchor)
+    return make_calendar(kind, draw(st.sampled_from(RRULES)), zone, utc(2023, 12, 20))
+
+
+def spans(longest: int) -> st.SearchStrategy[int]:
+    """Lengths of time up to ``longest``, a good share of them long (hypothesis favours 0)."""
+    return st.integers(0, longest) | st.integers(longest // 3, longest)
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> tuple[Calendar, int, int]:
+    """A calendar and a range of up to 3 days that starts or ends at a moment of its zone."""
+    cal = draw(calendars())
+    moment, span = draw(moments(cal.timezone)), draw(spans(3 * DAY))
+    start = moment if draw(st.booleans()) else moment - span
+    if cal.kind == "rrule":  # walked from DTSTART: start it near the window
+        cal = Calendar(
+            cal.kind, cal.expression, cal.timezone, start - draw(st.integers(0, 9 * DAY))
+        )
+    return cal, start, start + span
+
+
+@settings(max_examples=60, deadline=None)
+@given(windows(), st.data())
+def test_instants_ascend_split_anywhere_and_agree_backwards_and_forwards(
+    window: tuple[Calendar, int, int], data: st.DataObject
+) -> None:
+    cal, a, c = window
+    everything = times_between(cal, a, c, BIG)
+    assert all(a < t <= c for t in everything)
+    assert all(x < y for x, y in itertools.pairwise(everything))
+    b = data.draw(st.integers(a, c), label="b")
+    assert times_between(cal, a, b, BIG) + times_between(cal, b, c, BIG) == everything
+    n = data.draw(st.integers(1, 30), label="n")
+    assert times_before(cal, c, a, n) == everything[-n:]
+    if everything:  # an instant at the very end of the range counts
+        assert times_before(cal, everything[-1], a, n) == everything[-n:]
+    assert next_times(cal, a, n) == times_between(cal, a, a + 30 * 366 * DAY, limit=n)
+    assert next_times(cal, a, n)[: len(everything)] == everything[:n]
+
+
+def _values(field: str, low: int, high: int) -> set[int]:
+    found: set[int] = set()
+    for part in field.split(","):
+        span, _, step = part.partition("/")
+        first, last = (
+            (low, high) if span == "*" else (int(span.split("-")[0]), int(span.split("-")[-1]))
+        )
+        found.update(range(first, last + 1, int(step or 1)))
+    return found
+
+
+def _cron_matches(expression: str, wall: dt.datetime) -> bool:
+    """Classic cron, written out for the expressions above (not croniter)."""
+    minute, hour, dom, month, dow = {"@daily": "0 0 * * *"}.get(expression, expression).split()
+    day_ok = wall.day in _values(dom, 1, 31)
+    weekday_ok = wall.isoweekday() % 7 in {v % 7 for v in _values(dow, 0, 7)}
+    days = (day_ok or weekday_ok) if dom != "*" and dow != "*" else (day_ok and weekday_ok)
+    return (
+        wall.minute in _values(minute, 0, 59)
+        and wall.hour in _values(hour, 0, 23)
+        and wall.month in _values(month, 1, 12)
+        and days
+    )
+
+
+def _local(ms: int, zone: str) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, ZoneInfo(zone)).replace(tzinfo=None)
+
+
+def _cron_by_brute_force(expression: str, zone: str, after: int, until: int) -> list[int]:
+    """Minute by minute in real time: a minute fires if a wall time that maps to it matches.
+
+    The wall times that map to an instant: its own, unless it is a repeated hour's
+    second pass (fold=1); and, at the end of a gap, every wall time the gap skipped.
+    """
+    fired = []
+    t = after - after % MINUTE + MINUTE
+    previous = _local(t - MINUTE, zone)
+    while t <= until:
+        wall = _local(t, zone)
+        covered = [] if wall.fold else [wall]
+        skipped = previous + dt.timedelta(minutes=1)
+        while not wall.fold and skipped < wall:
+            covered.append(skipped)
+            skipped += dt.timedelta(minutes=1)
+        if any(_cron_matches(expression, w) for w in covered):
+            fired.append(t)
+        previous, t = wall, t + MINUTE
+    return fired
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(CRONS), zones, st.data(), spans(DAY))
+def test_cron_fires_exactly_when_brute_force_says(
+    expression: str, zone: str, data: st.DataObject, span: int
+) -> None:
+    after = data.draw(moments(zone), label="after")
+    cal = make_calendar("cron", expression, zone)
+    fired = times_between(cal, after, after + span, BIG)
+    assert fired == _cron_by_brute_force(expression, zone, after, after + span)
+    for t in fired:  # each one matches in local time, unless a gap moved it
+        moved = _local(t - 1, zone) + dt.timedelta(milliseconds=1) != _local(t, zone)
+        assert moved or _cron_matches(expression, _local(t, zone))
+
+
+DST_ZONES = [zone for zone in ZONES if _changes(zone)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(CRONS + INTERVALS), st.sampled_from(DST_ZONES), st.data())
+def test_around_a_change_looking_back_agrees_with_looking_forward(
+    expression: str, zone: str, data: st.DataObject
+) -> None:
+    kind = "interval" if expression in INTERVALS else "cron"
+    cal = make_calendar(kind, expression, zone)
+    change = data.draw(st.sampled_from(_changes(zone)), label="change")
+    at = change + data.draw(st.integers(-2 * HOUR, 2 * HOUR), label="at")  # often a second pass
+    n = data.draw(st.integers(1, 12), label="n")
+    assert times_before(cal, at, at - 2 * DAY, n) == times_between(cal, at - 2 * DAY, at, BIG)[-n:]
+    assert next_times(cal, at, n) == times_between(cal, at, at + 30 * 366 * DAY, limit=n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([i for i in INTERVALS if parse_interval(i) % 86400]),
+    zones,
+    st.none() | st.integers(utc(2023, 1, 1), utc(2028, 1, 1)),
+    st.data(),
+    spans(2 * DAY),
+)
+def test_a_sub_day_interval_is_elapsed_time_from_its_anchor(
+    interval: str, zone: str, anchor: int | None, data: st.DataObject, span: int
+) -> None:
+    cal = make_calendar("interval", interval, zone, anchor)
+    after = data.draw(moments(zone), label="after")
+    if anchor is None:
+        anchor = int(dt.datetime(2000, 1, 1, tzinfo=ZoneInfo(zone)).timestamp() * 1000)
+    period = parse_interval(interval) * 1000
+    first = max(0, (after - anchor) // period + 1)  # nothing before the anchor
+    last = (after + span - anchor) // period
+    expected = [anchor + k * period for k in range(first, last + 1)]
+    assert times_between(cal, after, after + span, BIG) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["1d", "2d", "1w"]),
+    st.sampled_from(DST_ZONES),
+    st.none() | st.integers(utc(2020, 1, 1), utc(2026, 1, 1)),
+    st.data(),
+    spans(40 * DAY),
+)
+def test_a_whole_day_interval_keeps_the_anchors_wall_time(
+    interval: str, zone: str, anchor: int | None, data: st.DataObject, span: int
+) -> None:
+    cal = make_calendar("interval", interval, zone, anchor)
+    after = data.draw(moments(zone), label="after")
+    fired = times_between(cal, after, after + span, BIG)
+    seconds = parse_interval(interval)
+    if anchor is None:
+        anchor = int(dt.datetime(2000, 1, 1, tzinfo=ZoneInfo(zone)).timestamp() * 1000)
+    origin = _local(anchor, cal.timezone)
+    for t in fired:
+        wall = _local(t, cal.timezone)
+        assert (wall.date() - origin.date()).days % (seconds // 86400) == 0
+        assert not wall.fold  # the first of a repeated hour
+        if wall.time() != origin.time():  # only a gap moves it, to the gap's end
+            wanted = dt.datetime.combine(wall.date(), origin.time())
+            assert _local(t - 1, cal.timezone) < wanted < wall
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 10**8))
+def test_an_interval_reads_back_from_its_description(seconds: int) -> None:
+    cal = make_calendar("interval", str(seconds))
+    assert cal.expression == str(seconds)
+    assert parse_interval(describe(cal).split()[1]) == seconds
+
+
+@settings(max_examples=100, deadline=None)
+@given(zones, st.data())
+def test_local_times_read_back(zone: str, data: st.DataObject) -> None:
+    t = data.draw(moments(zone), label="t")
+    assert parse_time(local_iso(t, zone), zone) == t
+    wall = dt.datetime.fromtimestamp(t // MINUTE * 60, ZoneInfo(zone))
+    naive = wall.replace(tzinfo=None).isoformat()
+    first_pass = wall.replace(fold=0)
+    assert parse_time(naive, zone) == int(first_pass.timestamp()) * 1000
+
+
+cron_like = st.lists(
+    st.sampled_from(
+        ["*", "*/5", "0", "7", "1-5", "mon", "jan", "L", "5#2", "15W", "?", "60", "-", "/"]
+    )
+    | st.text("0123456789*,-/#?LWHRmonjaSUN", max_size=6),
+    min_size=0,
+    max_size=7,
+).map(" ".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(st.just("cron"), cron_like | st.text(max_size=20)),
+        st.tuples(st.just("interval"), st.text("0123456789wdhms +-.", max_size=10) | st.text()),
+        st.tuples(st.just("rrule"), st.text("FREQ=DAILY;BYHOUR,1234:\nDTSTART", max_size=30)),
+    ),
+    st.sampled_from(["UTC", BERLIN]),
+)
+def test_any_text_gives_a_calendar_or_one_line_value_error(
+    kind_and_text: tuple[str, str], zone: str
+) -> None:
+    kind, text = kind_and_text
+    try:
+        cal = make_calendar(kind, text, zone, utc(2026, 1, 1))
+    except ValueError as error:
+        assert "\n" not in str(error) and str(error)
+        return
+    assert len(next_times(cal, utc(2026, 1, 1), 3)) <= 3
