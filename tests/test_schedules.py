@@ -482,11 +482,19 @@ def test_late_uses_the_schedule_grace_for_its_runs_and_the_setting_for_others(
     by_hand = journal.deployments.schedule_run(
         deployment, "{}", scheduled_ms=at("2026-03-28T13:00")
     )
-    retrying = journal.deployments.schedule_run(
-        deployment, "{}", scheduled_ms=at("2026-03-28T12:30")
-    )
+    early = journal.deployments.schedule_run(deployment, "{}", scheduled_ms=at("2026-03-28T12:30"))
+    # A run whose first attempt failed waits for its retry: AwaitingRetry, type SCHEDULED too.
+    journal.deployments.schedule_run(deployment, "{}", scheduled_ms=at("2026-03-28T12:00"))
     claimed = journal.workers.claim("w", ["q"], this_process(), new_id())
-    assert claimed is None
+    assert claimed is not None
+    running = journal.claim_flow_run(claimed, this_process(), new_id())
+    retrying = journal.finish_flow_run(
+        running,
+        StateType.SCHEDULED,
+        "AwaitingRetry",
+        extra={"scheduled_ms": at("2026-03-28T12:10")},
+    )
+    journal.writer.release(retrying.id)
     tc.set("2026-03-28T13:01:59.999+00:00")
     tick(journal)
     assert journal.get_flow_run(by_hand.id).state_name == "Scheduled"  # 1 ms inside 120 s
@@ -500,14 +508,16 @@ def test_late_uses_the_schedule_grace_for_its_runs_and_the_setting_for_others(
     late = journal.get_flow_run(run.id)
     assert (late.state_type, late.state_name) == (StateType.SCHEDULED, "Late")
     assert late.state_message == "not started within 300 s of its time"
-    # Only Scheduled runs: one a worker holds (Pending) is left alone...
-    assert journal.get_flow_run(retrying.id).state_name == "Late"
-    # ... and Late runs are claimed like any due run, oldest first.
+    # Only runs in Scheduled: AwaitingRetry (waiting 55 minutes past its time) stays so.
+    assert journal.get_flow_run(retrying.id).state_name == "AwaitingRetry"
+    # Late runs are claimed like any due run, oldest first; a claimed run is left alone.
     first = journal.workers.claim("w", ["q"], this_process(), new_id())
-    assert first is not None and first.id == retrying.id and first.state_name == "Pending"
+    assert first is not None and first.id == retrying.id
+    second = journal.workers.claim("w", ["q"], this_process(), new_id())
+    assert second is not None and second.id == early.id and second.state_name == "Pending"
     tick(journal)
-    assert journal.get_flow_run(first.id).state_name == "Pending"
-    assert [t.name for t in journal.history(first.id)] == ["Scheduled", "Late", "Pending"]
+    assert journal.get_flow_run(second.id).state_name == "Pending"
+    assert [t.name for t in journal.history(second.id)] == ["Scheduled", "Late", "Pending"]
 
 
 # -- backfill ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Schedules on the command line: ``deploy --cron/--interval/--rrule``, ``deployments
-schedule ...``, ``pause-schedule``, ``resume-schedule``, ``backfill``, ``persevere scheduler``.
+schedule ...``, ``pause-schedule``, ``resume-schedule``, ``backfill``.
 
 The commands here are added to the ``deployments`` group by
-:mod:`persevere.cli.deployments`; ``scheduler`` is a top-level command.
+:mod:`persevere.cli.deployments`; ``persevere scheduler`` is with the worker's
+commands (:mod:`persevere.cli.workers`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from ..journal.schedules import Schedule
 from ..statemachine.calendar import describe, local_iso, parse_time
 from ..statemachine.catchup import POLICIES, grace_label
 from ..worker import parameters, scheduling
-from ..worker.scheduler import Scheduler
 from ..worker.scheduling import ScheduleSpec
-from .app import UserError, cli, journal_of
-from .output import echo_table, iso, jsonable, local
+from .app import UserError, journal_of
+from .output import echo_table, iso, jsonable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -359,6 +359,13 @@ def _chosen(
     return deployment, found
 
 
+def _when(flag: str, text: str, zone: str) -> int:
+    try:
+        return parse_time(text, zone)
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
 def _runs(n: int) -> str:
     return f"{n} run{'' if n == 1 else 's'}"
 
@@ -452,7 +459,7 @@ def backfill(
             )
     zones = {s.timezone for s in chosen}
     zone = timezone or (zones.pop() if len(zones) == 1 else "UTC")
-    from_ms, to_ms = parse_time(start, zone), parse_time(end, zone)
+    from_ms, to_ms = _when("--from", start, zone), _when("--to", end, zone)
     done = scheduling.backfill(journal, deployment, chosen, from_ms, to_ms, max_runs)
     for s, t, run_id in done.made:
         click.echo(f"made run {run_id} for {local_iso(t, s.timezone)} (schedule {s.short_id})")
@@ -463,37 +470,3 @@ def backfill(
         f"{local_iso(to_ms, zone)}: {_runs(len(done.made))} made, {len(done.skipped)} skipped",
         err=True,
     )
-
-
-# -- persevere scheduler ------------------------------------------------------------------
-
-
-@cli.command("scheduler")
-@click.option(
-    "--poll-seconds",
-    type=click.FloatRange(min=0.01),
-    default=5.0,
-    show_default=True,
-    help="How often to make the runs of schedules and mark late runs.",
-)
-@click.option("--once", is_flag=True, help="One pass, then exit.")
-@click.pass_context
-def scheduler(ctx: click.Context, poll_seconds: float, once: bool) -> None:
-    """Make the runs of every deployment's schedules, until SIGTERM or Ctrl-C.
-
-    Every worker does this too (unless started with --no-scheduler); run this
-    where no worker runs, or to keep schedules going while workers are
-    stopped. Any number of schedulers may run at once: a time never gets two runs.
-    """
-    journal = journal_of(ctx)
-    say = _stamped
-    runner = Scheduler(journal, say=say)
-    if not once:
-        say(f"scheduler started: a pass every {poll_seconds:g} s")
-    runner.run(poll_seconds, once=once)
-    if not once:
-        say("scheduler stopped")
-
-
-def _stamped(line: str) -> None:
-    click.echo(f"{local(clock.now_ms())} {line}", err=True)

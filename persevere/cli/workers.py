@@ -1,4 +1,4 @@
-"""``persevere worker start`` and ``persevere workers ls``."""
+"""``persevere worker start``, ``persevere scheduler`` and ``persevere workers ls``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import click
 
 from .. import clock
 from ..worker.owners import this_process
+from ..worker.scheduler import Scheduler
 from ..worker.supervisor import Worker, is_live
 from .app import cli, journal_of
 from .output import echo_table, iso, local
+
+
+def _stamped(line: str) -> None:
+    """A line of what a worker or scheduler does, on stderr, with the local time."""
+    click.echo(f"{local(clock.now_ms())} {line}", err=True)
 
 
 @cli.group("worker")
@@ -88,10 +94,37 @@ def start(
         poll_seconds=poll_seconds,
         grace_seconds=grace_seconds,
         kill_grace_seconds=kill_grace_seconds,
-        say=lambda line: click.echo(f"{local(clock.now_ms())} {line}", err=True),
+        say=_stamped,
         scheduler=not no_scheduler,
     )
     worker.run()
+
+
+@cli.command("scheduler")
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0.01),
+    default=5.0,
+    show_default=True,
+    help="How often to make the runs of schedules and mark late runs.",
+)
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.pass_context
+def scheduler(ctx: click.Context, poll_seconds: float, once: bool) -> None:
+    """Make the runs of every deployment's schedules, until SIGTERM or Ctrl-C.
+
+    Every worker does this too (unless started with --no-scheduler); run this
+    where no worker runs, or to keep schedules going while workers are
+    stopped. Any number of schedulers may run at once: a time never gets two runs.
+    """
+    journal = journal_of(ctx)
+    say = _stamped
+    runner = Scheduler(journal, say=say)
+    if not once:
+        say(f"scheduler started: a pass every {poll_seconds:g} s")
+    runner.run(poll_seconds, once=once)
+    if not once:
+        say("scheduler stopped")
 
 
 @cli.group("workers")

@@ -302,15 +302,13 @@ class Schedules:
             "JOIN deployments d ON d.id = s.deployment_id WHERE s.active = 1 ORDER BY s.id",
             (now_ms,),
         )
-        overdue = dict(
-            self._journal.query(
-                "SELECT r.schedule_id, count(*) FROM flow_runs r "
-                "JOIN schedules s ON s.id = r.schedule_id "
-                f"WHERE {_NOT_STARTED} "
-                "AND r.schedule_ms <= ? - s.grace_ms GROUP BY r.schedule_id",
-                (now_ms,),
-            )
+        waiting = self._journal.query(
+            "SELECT r.schedule_id, count(*) FROM flow_runs r "
+            "JOIN schedules s ON s.id = r.schedule_id "
+            f"WHERE {_NOT_STARTED} AND r.schedule_ms <= ? - s.grace_ms GROUP BY r.schedule_id",
+            (now_ms,),
         )
+        overdue = {str(r[0]): int(r[1]) for r in waiting}
         return [
             DueSchedule(from_row(Schedule, r), r["ahead"], overdue.get(r["id"], 0)) for r in rows
         ]

@@ -87,9 +87,12 @@ def anchor_ms(anchor: dt.datetime | str | int | None, timezone: str) -> int | No
         if anchor.tzinfo is None:
             return parse_time(anchor.isoformat(), timezone)
         return round(anchor.timestamp() * 1000)
-    if isinstance(anchor, str):
+    if not isinstance(anchor, str):
+        raise ValueError(f"anchor {anchor!r} must be a datetime, ISO text or epoch milliseconds")
+    try:
         return parse_time(anchor, timezone)
-    raise ValueError(f"anchor {anchor!r} must be a datetime, ISO text or epoch milliseconds")
+    except ValueError as exc:
+        raise ValueError(f"anchor: {exc}") from None
 
 
 def prepare(deployment: Deployment, spec: ScheduleSpec, now_ms: int) -> NewSchedule:
