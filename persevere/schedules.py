@@ -17,7 +17,9 @@ Options every kind takes (keyword only):
   (none) or ``"all"`` (the newest ``catchup_cap``, 100 by default);
 - ``grace_seconds``: a run not started this long after its time is Late
   (60); past it, catch-up decides whether it still runs;
-- ``active``: False adds it paused.
+- ``active``: False adds it paused (one that is there already, deployed
+  before, keeps its state: ``persevere deployments pause-schedule`` and
+  ``resume-schedule`` change it).
 """
 
 from __future__ import annotations

@@ -171,6 +171,16 @@ def test_deploy_with_schedules_shows_them_and_keeps_them_until_told(
     assert "schedules:\n  schedule " in text and "next run: 2026-03-30T07:00:00+02:00" in text
 
 
+def test_deploying_again_keeps_a_paused_schedule_as_it_is(db: Path, tc: TestClock) -> None:
+    ok("deploy", ep(), "--name", "n", "--cron", "@daily", "--interval", "1h")
+    ok("deployments", "pause-schedule", "nightly/n")
+    before = as_json("deployments", "schedule", "ls", "nightly/n")
+    tc.advance(hours=2)
+    ok("deploy", ep(), "--name", "n", "--cron", "@daily", "--interval", "1h")
+    assert as_json("deployments", "schedule", "ls", "nightly/n") == before
+    assert [d["active"] for d in before] == [False, False]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -336,6 +346,25 @@ def test_an_idle_pass_only_reads(db: Path, tc: TestClock, journal: Journal) -> N
     assert scheduler.tick()
     assert watcher.execute("PRAGMA data_version").fetchone()[0] != before
     watcher.close()
+
+
+def test_a_calendar_that_ended_with_its_times_backfilled_leaves_the_schedule_idle(
+    db: Path, tc: TestClock, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = make_deployment(journal)
+    rule = "DTSTART:20260328T130000\nRRULE:FREQ=HOURLY;COUNT=3"
+    three = add(journal, deployment, "rrule", rule, catchup="skip")
+    tc.set("2026-03-28T16:00:30+00:00")  # no scheduler ran since 12:00:30
+    done = scheduling.backfill(journal, deployment, [three], at("2026-03-28T13:00"),
+                               at("2026-03-28T15:00"))  # fmt: skip
+    assert len(done.made) == 3
+    passes: list[str] = []
+    advance = journal.schedules.advance
+    monkeypatch.setattr(journal.schedules, "advance", lambda *a: passes.append(a[0]) or advance(*a))
+    scheduler = Scheduler(journal)
+    assert scheduler.tick() == [] and passes == [three.id]  # dealt with: nothing to make
+    assert scheduler.tick() == [] and passes == [three.id]  # then idle: no transaction
+    assert Scheduler(journal).tick() == [] and passes == [three.id]
 
 
 def test_a_paused_or_deleted_schedule_makes_nothing(

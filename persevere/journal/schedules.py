@@ -104,13 +104,13 @@ class NewSchedule:
     grace_ms: int = 60_000
 
     def same_as(self, schedule: Schedule, anchor_given: bool = True) -> bool:
-        """True if ``schedule`` is this one (its anchor too, if one was given)."""
+        """True if ``schedule`` is this one (its anchor too, if one was given), paused
+        or not."""
         return (
             (self.kind, self.expression, self.timezone, self.parameters)
             == (schedule.kind, schedule.expression, schedule.timezone, schedule.parameters)
             and (self.catchup, self.catchup_cap, self.grace_ms)
             == (schedule.catchup, schedule.catchup_cap, schedule.grace_ms)
-            and self.active == schedule.is_active
             and (not anchor_given or self.anchor_ms == schedule.anchor_ms)
         )
 
@@ -199,9 +199,9 @@ class Schedules:
         """Make the deployment's schedules those ``wanted`` (durable, one transaction).
 
         A schedule that is already there as wanted is kept as it is (its id,
-        its cursor, its runs made ahead); the others are deleted (with their
-        runs made ahead) and the missing ones added. Returns (kept, added,
-        removed).
+        its cursor, its runs made ahead, paused or not); the others are
+        deleted (with their runs made ahead) and the missing ones added.
+        Returns (kept, added, removed).
         """
         existing = self.of(deployment)
         kept: list[Schedule] = []
@@ -247,10 +247,9 @@ class Schedules:
 
         Returns how many runs were deleted. Its other runs stay.
         """
-        ops = _delete_ops(schedule.id, clock.now_ms())
-        return self._journal.writer.transaction(lambda conn: self._journal.writer.apply(conn, ops))[
-            1
-        ]
+        ops, writer = _delete_ops(schedule.id, clock.now_ms()), self._journal.writer
+        changed = writer.transaction(lambda conn: writer.apply(conn, ops))
+        return changed[1]  # the runs' rows (the first op deletes their history)
 
     @staticmethod
     def deployment_ops(deployment_id: str, now: int) -> list[Op]:
@@ -270,12 +269,15 @@ class Schedules:
         times that passed while it was paused are not caught up.
         """
         now = clock.now_ms()
-        changed = [s for s in schedules if s.is_active != active]
         writer = self._journal.writer
 
-        def work(conn: sqlite3.Connection) -> int:
-            deleted = 0
-            for s in changed:
+        def work(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            changed, deleted = [], 0
+            for s in schedules:
+                row = conn.execute("SELECT active FROM schedules WHERE id = ?", (s.id,)).fetchone()
+                if row is None or bool(row[0]) == active:
+                    continue  # deleted, or so already (never move a running cursor back)
+                changed.append(s.id)
                 if active:
                     update = "UPDATE schedules SET active = 1, updated_ms = ?, cursor_ms = ? "
                     conn.execute(update + "WHERE id = ?", (now, now, s.id))
@@ -283,10 +285,10 @@ class Schedules:
                     update = "UPDATE schedules SET active = 0, updated_ms = ? WHERE id = ?"
                     conn.execute(update, (now, s.id))
                     deleted += writer.apply(conn, _ahead_ops(s.id, now))[1]
-            return deleted
+            return changed, deleted
 
-        deleted = writer.transaction(work)
-        return [self._by_id(s.id) for s in changed], deleted
+        changed, deleted = writer.transaction(work)
+        return [self._by_id(i) for i in changed], deleted
 
     # -- the scheduler's reads and transactions -------------------------------------------
 

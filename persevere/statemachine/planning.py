@@ -84,5 +84,7 @@ def plan(
         for t in decided.make
     ]
     runs += [NewRun(t, False, made + label(t)) for t in (*due, *future)]
-    cursor = max([decided.cursor_ms, *(r.time_ms for r in runs)])
+    # Times that have a run (a backfill's) are dealt with too: past them, a calendar
+    # that has ended leaves the schedule idle.
+    cursor = max([decided.cursor_ms, *taken, *(r.time_ms for r in runs)])
     return Plan(decided, tuple(runs), cursor)
