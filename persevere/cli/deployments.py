@@ -10,12 +10,12 @@ import click
 
 from .. import clock
 from ..exceptions import PersevereError
-from ..journal import FlowRun, Journal, Transition, from_json
+from ..journal import FlowRun, Journal, Transition
 from ..journal.deployments import Deployment
 from ..statemachine import State, StateType
 from ..worker import completed_state, deploying, entrypoints, parameters
 from .app import UserError, cli, journal_of
-from .output import echo_table, iso, jsonable, local, local_of, run_summary
+from .output import echo_table, iso, local, local_of, run_summary, stored
 from .run import report
 from .schedules import (
     backfill,
@@ -32,14 +32,6 @@ from .schedules import (
 PARAM_HELP = "A parameter; VALUE is JSON if it parses, else a string. Repeatable."
 
 
-def _stored(text: str) -> Any:
-    """Stored typed JSON for display; as raw JSON when its classes are not imported here."""
-    try:
-        return jsonable(from_json(text))
-    except (PersevereError, ValueError):
-        return json.loads(text)
-
-
 def summary(deployment: Deployment) -> dict[str, Any]:
     """The fields of ``deployments ls --json``."""
     return {
@@ -49,7 +41,7 @@ def summary(deployment: Deployment) -> dict[str, Any]:
         "deployment_name": deployment.deployment_name,
         "entrypoint": deployment.entrypoint,
         "work_queue": deployment.work_queue,
-        "parameters": _stored(deployment.parameters),
+        "parameters": stored(deployment.parameters),
         "tags": deployment.tag_list,
         "description": deployment.description,
         "created": iso(deployment.created_ms),

@@ -23,7 +23,7 @@ from ..statemachine.catchup import POLICIES, grace_label
 from ..worker import parameters, scheduling
 from ..worker.scheduling import ScheduleSpec
 from .app import UserError, journal_of
-from .output import echo_table, iso, jsonable
+from .output import echo_table, iso, stored
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -193,7 +193,7 @@ def schedule_doc(schedule: Schedule, now: int) -> dict[str, Any]:
         "timezone": schedule.timezone,
         "anchor": None if anchor is None else local_iso(anchor, schedule.timezone),
         "description": describe(schedule.calendar),
-        "parameters": jsonable(json.loads(schedule.parameters)),
+        "parameters": stored(schedule.parameters),
         "active": schedule.is_active,
         "catchup": schedule.catchup,
         "catchup_cap": schedule.catchup_cap,
