@@ -81,9 +81,11 @@ def deploy(
     -p values are the defaults of its runs. `persevere deployments run` then
     makes runs that a worker (`persevere worker start`) polling the queue executes.
 
-    --cron, --interval and --rrule (each repeatable) give its schedules, with
-    the options after them shared by all: they replace the schedules it had
-    (given none, its schedules are kept). Workers make the scheduled runs.
+    --cron, --interval and --rrule (each repeatable) give its schedules;
+    --timezone, --anchor, --catchup, --catchup-cap and --grace apply to all
+    of them. They replace the schedules it had (one already there as given
+    is kept as it is); given none, its schedules are kept. Workers (or
+    `persevere scheduler`) make the scheduled runs.
     """
     journal = journal_of(ctx)
     specs = specs_from(schedule)

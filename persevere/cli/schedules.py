@@ -71,9 +71,12 @@ def _shared_options(fn: F) -> F:
                 help="Where an --interval counts from, or an --rrule without DTSTART "
                 "(naive: in --timezone).",
             ),
-            click.option("--catchup", callback=policy, help=CATCHUP_HELP),
+            click.option(
+                "--catchup", metavar="latest|skip|all", callback=policy, help=CATCHUP_HELP
+            ),
             click.option(
                 "--catchup-cap",
+                metavar="N",
                 callback=whole,
                 help="With --catchup all: at most this many overdue runs (default 100).",
             ),
@@ -314,7 +317,15 @@ def delete(ctx: click.Context, name: str, schedule_id: str) -> None:
 
 @schedule_group.command("preview")
 @click.argument("name")
-@click.option("--count", callback=whole, default=10, show_default=True, help="How many times.")
+@click.option(
+    "--count",
+    type=str,
+    metavar="N",
+    callback=whole,
+    default="10",
+    show_default=True,
+    help="How many times.",
+)
 @click.option("--timezone", "-z", help="Show the times in this zone (default: each schedule's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
@@ -428,8 +439,10 @@ def resume_schedule(ctx: click.Context, name: str, schedule_id: str | None) -> N
 @click.option(
     "--max",
     "max_runs",
+    type=str,
+    metavar="N",
     callback=whole,
-    default=1000,
+    default="1000",
     show_default=True,
     help="Refuse to make more runs than this.",
 )

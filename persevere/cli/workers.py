@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -10,7 +11,7 @@ from .. import clock
 from ..worker.owners import this_process
 from ..worker.scheduler import Scheduler
 from ..worker.supervisor import Worker, is_live
-from .app import cli, journal_of
+from .app import UserError, cli, journal_of
 from .output import echo_table, iso, local
 
 
@@ -100,11 +101,24 @@ def start(
     worker.run()
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: Any) -> float:
+    """Option callback: seconds, at least 0.01; a bad value is one line, not a usage text."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--poll-seconds {value!r} must be a number of seconds") from None
+    if not seconds >= 0.01:
+        raise UserError(f"--poll-seconds {value} must be at least 0.01")
+    return seconds
+
+
 @cli.command("scheduler")
 @click.option(
     "--poll-seconds",
-    type=click.FloatRange(min=0.01),
-    default=5.0,
+    type=str,
+    metavar="SECONDS",
+    callback=_seconds,
+    default="5",
     show_default=True,
     help="How often to make the runs of schedules and mark late runs.",
 )
