@@ -7,6 +7,7 @@ does not stop the worker.
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import subprocess
 import sys
@@ -131,7 +132,8 @@ def test_a_worker_makes_its_scheduled_runs_and_runs_them(
     assert stop(worker) == 0
     text = log.read_text()
     assert "Traceback" not in text, text
-    assert "(quick/n): made 10 runs for " in text
+    # 10 ahead, and those due since the deploy (how many depends on how long it took to start)
+    assert re.search(r"\(quick/n\): made 1\d runs for ", text), text
 
 
 # -- the worker's pass, in this process ---------------------------------------------------------
