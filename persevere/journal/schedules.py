@@ -45,6 +45,7 @@ _NOT_STARTED = (
 )
 
 
+_OF_DEPLOYMENT = "SELECT * FROM schedules WHERE deployment_id = ? ORDER BY created_ms, rowid"
 _INSERT_SCHEDULE = (
     "INSERT INTO schedules (id, deployment_id, kind, expression, timezone, anchor_ms, "
     "parameters, active, catchup, catchup_cap, grace_ms, cursor_ms, created_ms, updated_ms) "
@@ -158,7 +159,7 @@ class Schedules:
     def of(self, deployment: Deployment) -> list[Schedule]:
         """A deployment's schedules, oldest first."""
         rows = self._journal.query(
-            "SELECT * FROM schedules WHERE deployment_id = ? ORDER BY created_ms, rowid",
+            _OF_DEPLOYMENT,
             (deployment.id,),
         )
         return [from_row(Schedule, r) for r in rows]
@@ -203,38 +204,35 @@ class Schedules:
         deleted (with their runs made ahead) and the missing ones added.
         Returns (kept, added, removed).
         """
-        existing = self.of(deployment)
-        kept: list[Schedule] = []
-        to_add: list[NewSchedule] = []
-        for new, anchor_given in zip(wanted, anchors_given, strict=True):
-            match = next(
-                (s for s in existing if s not in kept and new.same_as(s, anchor_given)), None
-            )
-            if match is None:
-                to_add.append(new)
-            else:
-                kept.append(match)
-        removed = [s for s in existing if s not in kept]
-        now = clock.now_ms()
-        ops = [op for s in removed for op in _delete_ops(s.id, now)]
-        added = [self._by_id(i) for i in self._insert(deployment, to_add, ops)]
-        return kept, added, removed
+        writer = self._journal.writer
 
-    def _insert(
-        self, deployment: Deployment, wanted: Sequence[NewSchedule], before: Sequence[Op] = ()
-    ) -> list[str]:
-        now = clock.now_ms()
-        ids = [os.urandom(16).hex() for _ in wanted]  # random: the first 8 are the short id
-        ops = list(before)
-        for schedule_id, new in zip(ids, wanted, strict=True):
-            values = (
-                schedule_id, deployment.id, new.kind, new.expression, new.timezone, new.anchor_ms,
-                new.parameters, int(new.active), new.catchup, new.catchup_cap, new.grace_ms,
-                now, now, now,
-            )  # fmt: skip
-            ops.append(Op(_INSERT_SCHEDULE, values))
+        def work(conn: sqlite3.Connection) -> tuple[list[Schedule], list[str], list[Schedule]]:
+            rows = conn.execute(_OF_DEPLOYMENT, (deployment.id,)).fetchall()
+            existing = [from_row(Schedule, r) for r in rows]
+            kept: list[Schedule] = []
+            to_add: list[NewSchedule] = []
+            for new, anchor_given in zip(wanted, anchors_given, strict=True):
+                match = next(
+                    (s for s in existing if s not in kept and new.same_as(s, anchor_given)), None
+                )
+                if match is None:
+                    to_add.append(new)
+                else:
+                    kept.append(match)
+            removed = [s for s in existing if s not in kept]
+            now = clock.now_ms()
+            ops = [op for s in removed for op in _delete_ops(s.id, now)]
+            ops += _insert_ops(deployment, to_add, now)
+            writer.apply(conn, ops)
+            return kept, [op.params[0] for op in ops if op.sql == _INSERT_SCHEDULE], removed
+
+        kept, added, removed = writer.transaction(work)
+        return kept, [self._by_id(i) for i in added], removed
+
+    def _insert(self, deployment: Deployment, wanted: Sequence[NewSchedule]) -> list[str]:
+        ops = _insert_ops(deployment, wanted, clock.now_ms())
         self._journal.flush(ops)
-        return ids
+        return [op.params[0] for op in ops]
 
     def _by_id(self, schedule_id: str) -> Schedule:
         rows = self._journal.query("SELECT * FROM schedules WHERE id = ?", (schedule_id,))
@@ -474,6 +472,20 @@ class Schedules:
             return moved
 
         return self._journal.writer.transaction(work)
+
+
+def _insert_ops(deployment: Deployment, wanted: Sequence[NewSchedule], now: int) -> list[Op]:
+    """The writes that add schedules to a deployment, each with a new random id (so the
+    first 8 characters, the short id, tell schedules apart), its cursor at ``now``."""
+    ops = []
+    for new in wanted:
+        values = (
+            os.urandom(16).hex(), deployment.id, new.kind, new.expression, new.timezone,
+            new.anchor_ms, new.parameters, int(new.active), new.catchup, new.catchup_cap,
+            new.grace_ms, now, now, now,
+        )  # fmt: skip
+        ops.append(Op(_INSERT_SCHEDULE, values))
+    return ops
 
 
 def _ahead_ops(schedule_id: str, now: int, of_deployment: bool = False) -> list[Op]:
