@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 	$(PY) bench/concurrency.py
 	$(PY) bench/workers.py
+	$(PY) bench/scheduler.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,6 +9,8 @@
 ...     return double(x)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .context import get_run_context, idempotency_key
 from .exceptions import (
     Abort,
@@ -55,6 +57,20 @@ from .worker.waits import pause_flow_run, sleep, suspend_flow_run
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from .schedules import Cron, Interval, RRule
+
+
+def __getattr__(name: str) -> Any:
+    """``Cron``, ``Interval`` and ``RRule``, loaded on first use: a plain flow needs no
+    calendar (PEP 562)."""
+    if name in ("Cron", "Interval", "RRule"):
+        from . import schedules
+
+        return getattr(schedules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "FLOW_PARAMETERS",
     "INPUTS",
@@ -64,11 +80,13 @@ __all__ = [
     "CachePolicy",
     "ConcurrencyError",
     "ConcurrencySlotTimeout",
+    "Cron",
     "DaskTaskRunner",
     "Deployment",
     "DeploymentNotFound",
     "Flow",
     "InputError",
+    "Interval",
     "InvalidTransition",
     "LeaseLost",
     "NonDeterminismError",
@@ -77,6 +95,7 @@ __all__ = [
     "PersevereError",
     "PersevereFuture",
     "ProcessPoolTaskRunner",
+    "RRule",
     "RemoteTaskError",
     "RunInterrupted",
     "RunKeyConflict",

@@ -332,3 +332,16 @@ class PauseTimedOut(BaseException):
 
 class RunEnded(BaseException):
     """The engine's signal that somebody ended the run while it was paused (a cancel)."""
+
+
+class ScheduleNotFound(PersevereError, LookupError):
+    """No schedule of the deployment has the id (or id prefix) given."""
+
+    def __init__(self, deployment: str, schedule_id: str, detail: str = "") -> None:
+        self.deployment = deployment
+        self.schedule_id = schedule_id
+        super().__init__(
+            detail
+            or f"deployment {deployment!r} has no schedule {schedule_id!r} "
+            f"(`persevere deployments schedule ls {deployment}` lists them)"
+        )

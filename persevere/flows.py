@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .callables import Hook, RunOptions
 from .statemachine import State
@@ -12,6 +12,9 @@ from .statemachine.retries import DelaySpec
 from .worker import deploying, run_flow
 from .worker.deploying import DEFAULT_QUEUE, Deployment
 from .worker.runners import TaskRunner, ThreadPoolTaskRunner
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -51,6 +54,7 @@ class Flow(RunOptions, Generic[P, R]):
         queue: str = DEFAULT_QUEUE,
         tags: Iterable[str] = (),
         description: str | None = None,
+        schedules: Iterable[Schedule] | None = None,
     ) -> Deployment:
         """Register this flow as deployment ``<flow name>/<name>``, or update it.
 
@@ -67,11 +71,18 @@ class Flow(RunOptions, Generic[P, R]):
             tags: tags of the deployment and its runs.
             description: shown by ``persevere deployments inspect`` (default:
                 the flow's description).
+            schedules: ``persevere.Cron``, ``Interval`` or ``RRule`` objects: when
+                runs are made by themselves. They replace the deployment's
+                schedules (one already there as given is kept, with its runs
+                made ahead); None (the default) keeps them.
 
         Returns:
             The deployment as stored.
         """
-        deployment, _ = deploying.deploy(self, name, parameters, queue, tags, description)
+        specs = None if schedules is None else [s.spec() for s in schedules]
+        deployment, _ = deploying.deploy(
+            self, name, parameters, queue, tags, description, schedules=specs
+        )
         return deployment
 
 

@@ -36,6 +36,7 @@ class Settings:
     log_level: str
     result_file_bytes: int
     suspend_after_seconds: float = 60.0
+    late_after_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,6 +61,9 @@ class Settings:
             # A persevere.sleep longer than this, in a run a worker executes,
             # suspends the run and frees the worker's slot until it wakes.
             suspend_after_seconds=_float_env("PERSEVERE_SUSPEND_AFTER_SECONDS", 60.0),
+            # A Scheduled run on a work queue not started this long after its
+            # time becomes Late (a schedule's runs: the schedule's grace).
+            late_after_seconds=_float_env("PERSEVERE_LATE_AFTER_SECONDS", 60.0),
         )
 
 

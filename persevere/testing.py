@@ -103,6 +103,13 @@ class Harness:
     def journal(self) -> Journal:
         return open_journal(self.path)
 
+    def tick(self) -> list[str]:
+        """One pass of the scheduler at the clock's time; returns what it did, a line each."""
+        # Deferred: the scheduler's calendar is loaded only by the tests that use it.
+        from .worker.scheduler import Scheduler
+
+        return Scheduler(self.journal).tick()
+
 
 @contextmanager
 def harness(

@@ -411,7 +411,7 @@ def test_inspect_shows_queue_parameters_and_recent_runs(db: Path) -> None:
     assert "tags:        t1" in text
     assert run_id in text and "Scheduled" in text
     listed = ok("deployments", "ls").stdout.splitlines()
-    assert listed[0].split() == ["NAME", "QUEUE", "TAGS", "UPDATED", "ENTRYPOINT"]
+    assert listed[0].split() == ["NAME", "QUEUE", "SCHEDULES", "TAGS", "UPDATED", "ENTRYPOINT"]
     assert listed[1].startswith("add/n")
 
 

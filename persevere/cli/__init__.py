@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # The command modules register their commands on import.
-from . import cache, deployments, limits, queues, run, runs, workers  # noqa: F401
+from . import cache, deployments, limits, queues, run, runs, schedules, workers  # noqa: F401
 from .app import cli
 
 

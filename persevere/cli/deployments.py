@@ -8,24 +8,28 @@ from typing import Any
 
 import click
 
+from .. import clock
 from ..exceptions import PersevereError
-from ..journal import FlowRun, Journal, Transition, from_json
+from ..journal import FlowRun, Journal, Transition
 from ..journal.deployments import Deployment
 from ..statemachine import State, StateType
 from ..worker import completed_state, deploying, entrypoints, parameters
 from .app import UserError, cli, journal_of
-from .output import echo_table, iso, jsonable, local, local_of, run_summary
+from .output import echo_table, iso, local, local_of, run_summary, stored
 from .run import report
+from .schedules import (
+    backfill,
+    echo_schedules,
+    next_of,
+    pause_schedule,
+    resume_schedule,
+    schedule_doc,
+    schedule_group,
+    schedule_options,
+    specs_from,
+)
 
 PARAM_HELP = "A parameter; VALUE is JSON if it parses, else a string. Repeatable."
-
-
-def _stored(text: str) -> Any:
-    """Stored typed JSON for display; as raw JSON when its classes are not imported here."""
-    try:
-        return jsonable(from_json(text))
-    except (PersevereError, ValueError):
-        return json.loads(text)
 
 
 def summary(deployment: Deployment) -> dict[str, Any]:
@@ -37,7 +41,7 @@ def summary(deployment: Deployment) -> dict[str, Any]:
         "deployment_name": deployment.deployment_name,
         "entrypoint": deployment.entrypoint,
         "work_queue": deployment.work_queue,
-        "parameters": _stored(deployment.parameters),
+        "parameters": stored(deployment.parameters),
         "tags": deployment.tag_list,
         "description": deployment.description,
         "created": iso(deployment.created_ms),
@@ -58,23 +62,33 @@ def summary(deployment: Deployment) -> dict[str, Any]:
 )
 @click.option("--tag", "tags", multiple=True, help="A tag of the deployment and its runs.")
 @click.option("--description", help="Shown by `deployments inspect` (default: the flow's).")
+@schedule_options
 @click.pass_context
 def deploy(
     ctx: click.Context,
+    /,
     entrypoint: str,
     name: str,
     params: tuple[str, ...],
     queue: str,
     tags: tuple[str, ...],
     description: str | None,
+    **schedule: Any,
 ) -> None:
     """Register the flow ENTRYPOINT (path/to/file.py:func or module:func) as a
     deployment named FLOW-NAME/NAME, or update it.
 
     -p values are the defaults of its runs. `persevere deployments run` then
     makes runs that a worker (`persevere worker start`) polling the queue executes.
+
+    --cron, --interval and --rrule (each repeatable) give its schedules;
+    --timezone, --anchor, --catchup, --catchup-cap and --grace apply to all
+    of them. They replace the schedules it had (one already there as given
+    is kept as it is); given none, its schedules are kept. Workers (or
+    `persevere scheduler`) make the scheduled runs.
     """
     journal = journal_of(ctx)
+    specs = specs_from(schedule)
     flow = entrypoints.load(entrypoint)
     values, texts = parameters.parse_assignments(params)
     deployment, created = deploying.deploy(
@@ -87,18 +101,27 @@ def deploy(
         given=entrypoint,
         texts=texts,
         journal=journal,
+        schedules=specs,
     )
     click.echo(
         f"{'created' if created else 'updated'} deployment {deployment.name!r} "
         f"on work queue {deployment.work_queue!r}"
     )
+    if specs is not None or journal.schedules.of(deployment):
+        echo_schedules(journal, deployment)
     click.echo(f"  entrypoint: {deployment.entrypoint}", err=True)
     click.echo(f"  run it with `persevere deployments run {deployment.name}`", err=True)
 
 
 @cli.group()
 def deployments() -> None:
-    """List, inspect, run and delete deployments."""
+    """List, inspect, run and delete deployments; their schedules and backfills."""
+
+
+deployments.add_command(schedule_group)
+deployments.add_command(pause_schedule)
+deployments.add_command(resume_schedule)
+deployments.add_command(backfill)
 
 
 @deployments.command("ls")
@@ -106,17 +129,25 @@ def deployments() -> None:
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool) -> None:
     """List deployments by name."""
-    found = journal_of(ctx).deployments.all()
+    journal = journal_of(ctx)
+    found = journal.deployments.all()
+    counts = journal.schedules.counts()
     if as_json:
-        click.echo(json.dumps([summary(d) for d in found], indent=2))
+        docs = [summary(d) for d in found]
+        for doc, d in zip(docs, found, strict=True):
+            active, total = counts.get(d.id, (0, 0))
+            doc["schedules"] = {"active": active, "total": total}
+        click.echo(json.dumps(docs, indent=2))
         return
-    echo_table(
-        [
-            [d.name, d.work_queue, ",".join(d.tag_list), local(d.updated_ms), d.entrypoint]
-            for d in found
-        ],
-        ["NAME", "QUEUE", "TAGS", "UPDATED", "ENTRYPOINT"],
-    )
+    rows = []
+    for d in found:
+        active, total = counts.get(d.id, (0, 0))
+        scheduled = f"{active}/{total}" if total else "-"
+        rows.append(
+            [d.name, d.work_queue, scheduled, ",".join(d.tag_list), local(d.updated_ms),
+             d.entrypoint]
+        )  # fmt: skip
+    echo_table(rows, ["NAME", "QUEUE", "SCHEDULES", "TAGS", "UPDATED", "ENTRYPOINT"])
 
 
 @deployments.command()
@@ -140,6 +171,11 @@ def inspect(ctx: click.Context, name: str, as_json: bool, limit: int) -> None:
     doc = summary(deployment)
     doc["signature"] = {"parameters": signature.parameters, "var_keyword": signature.var_keyword}
     doc["runs"] = [run_summary(r) for r in recent]
+    now = clock.now_ms()
+    schedules = journal.schedules.of(deployment)
+    doc["schedules"] = [schedule_doc(s, now) for s in schedules]
+    upcoming = next_of(schedules, now)
+    doc["next_run"] = None if upcoming is None else schedule_doc(upcoming[1], now)["next_run"]
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
@@ -158,6 +194,8 @@ def inspect(ctx: click.Context, name: str, as_json: bool, limit: int) -> None:
         ("updated", local(deployment.updated_ms)),
     ):
         click.echo(f"  {label + ':':<12} {value}")
+    click.echo("\nschedules:")
+    echo_schedules(journal, deployment)
     click.echo("\nrecent runs:")
     echo_table(
         [

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..exceptions import PersevereError
 from ..journal import FlowRun, Journal, TaskRun, Transition, from_json
 from ..statemachine import StateType
 
@@ -46,6 +47,14 @@ def _plain(value: Any) -> Any:
 def jsonable(value: Any) -> Any:
     """A value as plain JSON: dates as ISO text, sets as lists, the rest as text."""
     return json.loads(json.dumps(value, default=_plain))
+
+
+def stored(text: str) -> Any:
+    """Stored typed JSON for display; as raw JSON when its classes are not imported here."""
+    try:
+        return jsonable(from_json(text))
+    except (PersevereError, ValueError):
+        return json.loads(text)
 
 
 def parameters_of(run: FlowRun) -> Any:

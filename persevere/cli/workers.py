@@ -1,16 +1,23 @@
-"""``persevere worker start`` and ``persevere workers ls``."""
+"""``persevere worker start``, ``persevere scheduler`` and ``persevere workers ls``."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from .. import clock
 from ..worker.owners import this_process
+from ..worker.scheduler import Scheduler
 from ..worker.supervisor import Worker, is_live
-from .app import cli, journal_of
+from .app import UserError, cli, journal_of
 from .output import echo_table, iso, local
+
+
+def _stamped(line: str) -> None:
+    """A line of what a worker or scheduler does, on stderr, with the local time."""
+    click.echo(f"{local(clock.now_ms())} {line}", err=True)
 
 
 @cli.group("worker")
@@ -56,6 +63,11 @@ def worker_group() -> None:
     show_default=True,
     help="After SIGTERM to a run's process group (cancel, release), when to SIGKILL it.",
 )
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not make the runs of schedules here (`persevere scheduler` or other workers do).",
+)
 @click.pass_context
 def start(
     ctx: click.Context,
@@ -65,13 +77,15 @@ def start(
     poll_seconds: float,
     grace_seconds: float,
     kill_grace_seconds: float,
+    no_scheduler: bool,
 ) -> None:
     """Claim and execute Scheduled runs until stopped (SIGTERM or Ctrl-C).
 
     A first signal stops claiming and waits up to --grace-seconds for the
     runs in hand, then releases the rest to other workers; a second one
     releases them at once. Crashed runs are resumed automatically (see
-    @flow(max_auto_resumes=...)).
+    @flow(max_auto_resumes=...)). Each round also makes the runs of
+    deployments' schedules and marks waiting runs Late, unless --no-scheduler.
     """
     worker = Worker(
         journal_of(ctx),
@@ -81,9 +95,50 @@ def start(
         poll_seconds=poll_seconds,
         grace_seconds=grace_seconds,
         kill_grace_seconds=kill_grace_seconds,
-        say=lambda line: click.echo(f"{local(clock.now_ms())} {line}", err=True),
+        say=_stamped,
+        scheduler=not no_scheduler,
     )
     worker.run()
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: Any) -> float:
+    """Option callback: seconds, at least 0.01; a bad value is one line, not a usage text."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--poll-seconds {value!r} must be a number of seconds") from None
+    if not seconds >= 0.01:
+        raise UserError(f"--poll-seconds {value} must be at least 0.01")
+    return seconds
+
+
+@cli.command("scheduler")
+@click.option(
+    "--poll-seconds",
+    type=str,
+    metavar="SECONDS",
+    callback=_seconds,
+    default="5",
+    show_default=True,
+    help="How often to make the runs of schedules and mark late runs.",
+)
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.pass_context
+def scheduler(ctx: click.Context, poll_seconds: float, once: bool) -> None:
+    """Make the runs of every deployment's schedules, until SIGTERM or Ctrl-C.
+
+    Every worker does this too (unless started with --no-scheduler); run this
+    where no worker runs, or to keep schedules going while workers are
+    stopped. Any number of schedulers may run at once: a time never gets two runs.
+    """
+    journal = journal_of(ctx)
+    say = _stamped
+    runner = Scheduler(journal, say=say)
+    if not once:
+        say(f"scheduler started: a pass every {poll_seconds:g} s")
+    runner.run(poll_seconds, once=once)
+    if not once:
+        say("scheduler stopped")
 
 
 @cli.group("workers")

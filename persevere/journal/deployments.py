@@ -252,11 +252,18 @@ class Deployments:
     def delete(self, name: str) -> tuple[Deployment, list[FlowRun]]:
         """Delete a deployment (durable); returns it and the runs cancelled.
 
-        Its runs stay. Those waiting for a worker (Scheduled, Late) are
-        cancelled; a run a process holds (waiting for its retry, say) goes on.
+        Its schedules are deleted, with the runs they made ahead that have not
+        started. Its other runs stay: those waiting for a worker (Scheduled,
+        Late) are cancelled; a run a process holds (waiting for its retry, say)
+        goes on.
         """
         deployment = self.get(name)
-        self._journal.flush([Op("DELETE FROM deployments WHERE id = ?", (deployment.id,))])
+        self._journal.flush(
+            [
+                *self._journal.schedules.deployment_ops(deployment.id, clock.now_ms()),
+                Op("DELETE FROM deployments WHERE id = ?", (deployment.id,)),
+            ]
+        )
         # After the delete, so that no new run of it can be made meanwhile.
         waiting = self._journal.query(
             f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE deployment_id = ? "
@@ -307,30 +314,15 @@ class Deployments:
         check_move(None, StateType.SCHEDULED, "Scheduled", run_id)
         try:
             self._journal.flush(
-                [
-                    Op(
-                        "INSERT INTO flow_runs (id, flow_name, entrypoint, parameters, state_type, "
-                        "state_name, version, run_key, deployment_id, work_queue, tags, "
-                        "scheduled_ms, created_ms) "
-                        "VALUES (?, ?, ?, ?, 'SCHEDULED', 'Scheduled', 1, ?, ?, ?, ?, ?, ?)",
-                        (
-                            run_id,
-                            deployment.flow_name,
-                            deployment.entrypoint,
-                            parameters,
-                            run_key,
-                            deployment.id,
-                            deployment.work_queue,
-                            deployment.tags,
-                            now if scheduled_ms is None else scheduled_ms,
-                            now,
-                        ),
-                    ),
-                    Op(
-                        INSERT_STATE,
-                        (run_id, 1, None, "SCHEDULED", "Scheduled", now, message, None),
-                    ),
-                ]
+                new_run_ops(
+                    deployment,
+                    run_id,
+                    parameters,
+                    now,
+                    scheduled_ms=now if scheduled_ms is None else scheduled_ms,
+                    message=message,
+                    run_key=run_key,
+                )
             )
         except sqlite3.IntegrityError:
             existing = self._journal.find_flow_run_by_key(run_key) if run_key else None
@@ -338,6 +330,47 @@ class Deployments:
                 raise
             return _same_request(existing, deployment, parameters, run_key)
         return self._journal.get_flow_run(run_id)
+
+
+def new_run_ops(
+    deployment: Deployment,
+    run_id: str,
+    parameters: str,
+    now: int,
+    *,
+    scheduled_ms: int,
+    name: str = "Scheduled",
+    message: str = "",
+    run_key: str | None = None,
+    schedule_id: str | None = None,
+    schedule_ms: int | None = None,
+    verb: str = "INSERT",
+) -> tuple[Op, Op]:
+    """The two writes that make a run of a deployment in SCHEDULED (``name``) on its
+    queue: the run, and its first history row (write the second only if the first
+    inserted a row, with ``verb`` ``INSERT OR IGNORE``)."""
+    state_message = "" if name == "Scheduled" else message
+    values = (
+        run_id, deployment.flow_name, deployment.entrypoint, parameters, name, state_message,
+        run_key, deployment.id, deployment.work_queue, deployment.tags, scheduled_ms, now,
+        schedule_id, schedule_ms,
+    )  # fmt: skip
+    insert = Op(
+        f"{verb} INTO flow_runs (id, flow_name, entrypoint, parameters, state_type, "
+        "state_name, state_message, version, run_key, deployment_id, work_queue, tags, "
+        "scheduled_ms, created_ms, schedule_id, schedule_ms) "
+        "VALUES (?, ?, ?, ?, 'SCHEDULED', ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+        values,
+    )
+    return insert, Op(INSERT_STATE, (run_id, 1, None, "SCHEDULED", name, now, message, None))
+
+
+def overlay(stored: str, override: str) -> str:
+    """Stored parameters (typed JSON of a dict) with other stored ones laid over them,
+    one level deep, without decoding the values; one text for the same values (run
+    keys compare it)."""
+    merged = {**json.loads(stored), **json.loads(override)}
+    return json.dumps(dict(sorted(merged.items())), separators=(",", ":"), allow_nan=True)
 
 
 def _same_request(run: FlowRun, deployment: Deployment, parameters: str, run_key: str) -> FlowRun:

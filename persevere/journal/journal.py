@@ -8,10 +8,11 @@ flusher within ``flush_seconds``); the docstrings say which.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..exceptions import RunNotFound
@@ -57,6 +58,9 @@ from .statements import (
 from .workers import Workers
 from .writer import Op, Writer
 
+if TYPE_CHECKING:
+    from .schedules import Schedules
+
 
 class Journal:
     """The durable record of runs, on one SQLite file.
@@ -86,6 +90,13 @@ class Journal:
         self.deployments = Deployments(self)
         self.workers = Workers(self)
         self.pauses = Pauses(self)
+
+    @functools.cached_property
+    def schedules(self) -> Schedules:
+        """Schedules of deployments and the scheduler's transactions."""
+        from .schedules import Schedules  # deferred: `import persevere` need not pay for it
+
+        return Schedules(self)
 
     # -- reading ------------------------------------------------------------
 

@@ -299,8 +299,13 @@ class Workers:
         The flow's ``on_cancellation`` hooks are recorded as owed when the run
         had started; its process runs them if it ended the run itself.
         """
-        self._journal.flush(self._cancel_ops(run, run.state_type, run.version, message))
+        self._journal.flush(self.cancel_ops(run, message))
         return self._journal.get_flow_run(run.id)
+
+    def cancel_ops(self, run: FlowRun, message: str) -> list[Op]:
+        """The writes of :meth:`finish_cancel`, for a caller that makes them part of a
+        transaction of its own."""
+        return self._cancel_ops(run, run.state_type, run.version, message)
 
     def _cancel_ops(self, run: FlowRun, state: StateType, version: int, message: str) -> list[Op]:
         """The writes that cancel a run from ``state`` at ``version``, with its unfinished

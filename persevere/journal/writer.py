@@ -404,16 +404,23 @@ class Writer:
                 lost.add(run_id)
         return lost
 
+    def apply(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> list[int]:
+        """Run ``ops`` inside :meth:`transaction`, with their compare-and-set checks
+        (:class:`VersionConflict`); returns how many rows each changed."""
+        changed = []
+        for op in ops:
+            count = conn.execute(op.sql, op.params).rowcount
+            if op.expect is not None and count != 1:
+                raise _conflict(conn, op.expect)
+            changed.append(count)
+        return changed
+
     def _execute(self, conn: sqlite3.Connection, batch: list[Op]) -> None:
         for op in batch:
             self._failing = op
             cursor = conn.execute(op.sql, op.params)
             if op.expect is not None and cursor.rowcount != 1:
-                run_id, expected, table = op.expect
-                row = conn.execute(
-                    f"SELECT version FROM {table} WHERE id = ?", (run_id,)
-                ).fetchone()
-                raise VersionConflict(run_id, expected, row[0] if row else None)
+                raise _conflict(conn, op.expect)
         self._failing = None
 
     # -- the flusher and heartbeat -------------------------------------------
@@ -463,3 +470,10 @@ class Writer:
                 self._commit_batch(batch)
             self._closed = True
         self._wake.set()
+
+
+def _conflict(conn: sqlite3.Connection, expect: tuple[str, int, str]) -> VersionConflict:
+    """The error for a compare-and-set that changed no row, with the version found."""
+    run_id, expected, table = expect
+    row = conn.execute(f"SELECT version FROM {table} WHERE id = ?", (run_id,)).fetchone()
+    return VersionConflict(run_id, expected, row[0] if row else None)

@@ -22,16 +22,19 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import EntrypointError, ParameterError
 from ..journal import FlowRun, Journal, Transition, open_journal, to_json
-from ..journal.deployments import DEFAULT_QUEUE, Deployment
+from ..journal.deployments import DEFAULT_QUEUE, Deployment, overlay
 from ..statemachine import FINAL_TYPES, StateType
 from . import entrypoints, parameters, recovery
+
+if TYPE_CHECKING:
+    from .scheduling import ScheduleSpec
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -208,13 +211,16 @@ def deploy(
     given: str | None = None,
     texts: Mapping[str, str] | None = None,
     journal: Journal | None = None,
+    schedules: Sequence[ScheduleSpec] | None = None,
 ) -> tuple[Deployment, bool]:
     """Register ``flow`` as deployment ``name`` (or update it); True if it was new.
 
     ``defaults`` are checked and coerced against the flow's signature and
     type hints (required ones may be left for each run to give). ``given``
     is the entrypoint the flow was loaded from, ``texts`` the command-line
-    text of each default (see :func:`parameters.check`).
+    text of each default (see :func:`parameters.check`). ``schedules``, if
+    given, replace the deployment's schedules (those already there as given
+    are kept as they are, with their runs made ahead); None keeps them.
     """
     if isinstance(tags, str):
         raise TypeError(f"tags must be a list of strings, not the string {tags!r}")
@@ -222,18 +228,45 @@ def deploy(
     entrypoint = entrypoint_for(flow, given)
     checked = parameters.check(flow.fn, flow.name, dict(defaults or {}), texts, partial=True)
     _encodable(checked, f"default parameters of deployment {flow.name}/{name}")
+    fields: dict[str, Any] = {
+        "flow_name": flow.name,
+        "name": name,
+        "entrypoint": entrypoint,
+        "parameters": checked,
+        "signature": describe(flow.fn),
+        "work_queue": queue,
+        "tags": list(tags),
+        "description": (flow.description or "") if description is None else description,
+    }
+    prepared = None
+    if schedules is not None:
+        # Deferred: the calendar (and zoneinfo) is loaded only by those who schedule.
+        from . import scheduling
+
+        # Checked against the deployment as it will be, before anything is written.
+        prepared = scheduling.prepare_all(journal, _unsaved(fields), schedules)
     existed = journal.deployments.find(f"{flow.name}/{name}") is not None
-    deployment = journal.deployments.put(
-        flow_name=flow.name,
-        name=name,
-        entrypoint=entrypoint,
-        parameters=checked,
-        signature=describe(flow.fn),
-        work_queue=queue,
-        tags=list(tags),
-        description=(flow.description or "") if description is None else description,
-    )
+    deployment = journal.deployments.put(**fields)
+    if prepared is not None:
+        journal.schedules.replace(deployment, *prepared)
     return deployment, not existed
+
+
+def _unsaved(fields: Mapping[str, Any]) -> Deployment:
+    """The record a deployment with these fields will have once stored."""
+    return Deployment(
+        id="",
+        name=f"{fields['flow_name']}/{fields['name']}",
+        flow_name=fields["flow_name"],
+        entrypoint=fields["entrypoint"],
+        parameters=to_json(fields["parameters"]),
+        signature=json.dumps(fields["signature"], sort_keys=True),
+        work_queue=fields["work_queue"],
+        tags=json.dumps(sorted(set(fields["tags"]))),
+        description=fields["description"],
+        created_ms=0,
+        updated_ms=0,
+    )
 
 
 # -- runs of a deployment --------------------------------------------------------------
@@ -242,16 +275,21 @@ def deploy(
 def merge(stored: str, overrides: Mapping[str, Any]) -> str:
     """Stored parameters (typed JSON of a dict) with ``overrides`` laid over them,
     as typed JSON, without decoding the stored values."""
-    merged = dict(json.loads(stored))
-    for name, value in overrides.items():
+    return overlay(stored, encode(overrides))
+
+
+def encode(values: Mapping[str, Any]) -> str:
+    """Parameter values as typed JSON of a dict, one value at a time (a clear error
+    names the one that cannot be stored)."""
+    encoded = {}
+    for name, value in values.items():
         if name == _RESERVED:
             raise ParameterError(f"the parameter name {_RESERVED!r} is reserved")
         try:
-            merged[name] = json.loads(to_json(value))
+            encoded[name] = json.loads(to_json(value))
         except (TypeError, ValueError) as exc:
             raise ParameterError(f"parameter {name!r} must be storable as JSON: {exc}") from None
-    ordered = dict(sorted(merged.items()))  # one text for the same values: run keys compare it
-    return json.dumps(ordered, separators=(",", ":"), allow_nan=True)
+    return json.dumps(encoded, separators=(",", ":"), allow_nan=True)
 
 
 def _check_names(deployment: Deployment, given: Iterable[str]) -> None:
@@ -275,6 +313,31 @@ def _check_required(deployment: Deployment, stored: str) -> None:
             )
 
 
+def given_parameters(
+    deployment: Deployment,
+    values: Mapping[str, Any] | None,
+    texts: Mapping[str, str] | None = None,
+) -> str:
+    """Parameters given for runs of a deployment (a run's, or a schedule's), as stored
+    typed JSON to lay over its defaults.
+
+    Their names are checked against the flow's stored signature, and the
+    defaults with them laid over must hold every required parameter. A
+    ``str`` parameter given on the command line keeps its text (``texts``)
+    even where that parses as JSON.
+    """
+    given = dict(values or {})
+    _check_names(deployment, given)
+    signature = Signature.of(deployment)
+    for key, text in (texts or {}).items():
+        value = given.get(key)
+        if value is not None and not isinstance(value, str) and signature.takes_text(key):
+            given[key] = text  # -p label=123 for a str parameter: the text "123"
+    override = encode(given)
+    _check_required(deployment, overlay(deployment.parameters, override))
+    return override
+
+
 def schedule(
     name: str,
     values: Mapping[str, Any] | None = None,
@@ -292,15 +355,7 @@ def schedule(
     """
     journal = journal or open_journal()
     deployment = journal.deployments.get(name)
-    given = dict(values or {})
-    _check_names(deployment, given)
-    signature = Signature.of(deployment)
-    for key, text in (texts or {}).items():
-        value = given.get(key)
-        if value is not None and not isinstance(value, str) and signature.takes_text(key):
-            given[key] = text  # -p label=123 for a str parameter: the text "123"
-    stored = merge(deployment.parameters, given)
-    _check_required(deployment, stored)
+    stored = overlay(deployment.parameters, given_parameters(deployment, values, texts))
     how = f"run key {run_key!r}" if run_key else "by request"
     run = journal.deployments.schedule_run(
         deployment, stored, run_key, scheduled_ms, f"scheduled from deployment ({how})"

@@ -14,6 +14,9 @@ One loop, in the worker's main thread:
   hosts: expired leases) become Crashed, and Crashed runs on a work queue go
   back to Scheduled while their flow allows it (``max_auto_resumes``, default
   3 in a row), to be resumed by any worker from their last checkpoint;
+- the scheduler: one pass (:class:`~persevere.worker.scheduler.Scheduler`)
+  makes the runs of schedules ahead of time and marks waiting runs Late,
+  unless the worker was started with ``--no-scheduler``;
 - claims: while it holds fewer runs than its limit, the worker claims the
   next due run (one compare-and-set transaction, see ``journal.workers``)
   and starts ``python -m persevere.worker.child RUN TOKEN`` in a new session.
@@ -47,6 +50,7 @@ from ..journal.workers import WorkerRecord
 from ..statemachine import StateType
 from .owners import process_start, this_process
 from .recovery import ACTIVE, reap
+from .scheduler import Scheduler
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Worker:
         grace_seconds: float = 30.0,
         kill_grace_seconds: float = 10.0,
         say: Callable[[str], None] | None = None,
+        scheduler: bool = True,
     ) -> None:
         if limit < 1:
             raise ValueError(f"worker limit {limit} must be at least 1")
@@ -117,6 +122,7 @@ class Worker:
         self._beat_every = min(journal.settings.lease_seconds / 3, 10.0)
         self._last_beat = 0.0
         self._last_poll = 0.0
+        self.scheduler = Scheduler(journal, say=self.say) if scheduler else None
 
     # -- life ---------------------------------------------------------------------
 
@@ -247,7 +253,8 @@ class Worker:
     # -- housekeeping ------------------------------------------------------------------
 
     def housekeeping(self) -> None:
-        """Crash the runs of dead processes; put crashed runs back on their queues."""
+        """Crash the runs of dead processes; put crashed runs back on their queues; one
+        pass of the scheduler (unless the worker runs without)."""
         now = time.monotonic()
         if now - self._last_poll < self.poll_seconds:
             return
@@ -261,6 +268,11 @@ class Worker:
             except VersionConflict:
                 continue  # another worker did it
             self.say(f"run {run.id} ({run.flow_name}) crashed: {why}")
+        if self.scheduler is not None:
+            try:
+                self.scheduler.tick()
+            except Exception as exc:  # the worker goes on; the next pass tries again
+                self.say(f"scheduler pass failed: {type(exc).__name__}: {exc}")
 
     # -- stopping ------------------------------------------------------------------------
 
