@@ -9,7 +9,6 @@ replayed instead). Every wait polls the journal with a deadline.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import signal
@@ -330,10 +329,6 @@ def test_a_run_suspended_under_a_worker_frees_its_slot_and_is_resumed_by_it(
     assert executed(side) == {"prepare": 1, "publish": 1}  # resumed at the line after
 
 
-@pytest.mark.skipif(
-    not importlib.util.find_spec("persevere.worker.scheduler"),
-    reason="waking a suspended sleep needs the scheduler's round (branch schedules, not merged)",
-)
 def test_a_long_sleep_under_a_worker_suspends_the_run_and_the_worker_wakes_it(
     db: Path, journal: Journal, side: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
