@@ -315,7 +315,7 @@ class Workers:
             run, state, version, StateType.CANCELLED, "Cancelled", message,
             clock.now_ms(), self._journal.task_runs(run.id), unfinished,
         )  # fmt: skip
-        if state is StateType.RUNNING:
+        if state in (StateType.RUNNING, StateType.PAUSED):  # it had started
             ops.append(HooksDue.due_op(run.id, version + 1, "on_cancellation"))
         rows = self._journal.query(
             f"SELECT {FLOW_COLUMNS} FROM flow_runs WHERE parent_flow_run_id = ? "

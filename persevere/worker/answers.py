@@ -14,7 +14,9 @@ Scheduled, for a worker if it is on a work queue, else for the caller
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import uuid
 from typing import Any
 
 from .. import clock
@@ -142,11 +144,41 @@ def check_input(run: FlowRun, value: Any) -> None:
         )
     import jsonschema  # deferred: ~50 ms, for resumes with input only
 
-    validator = jsonschema.Draft202012Validator(json.loads(run.pause_input))
+    validator = jsonschema.Draft202012Validator(
+        json.loads(run.pause_input), format_checker=_format_checker()
+    )
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path)
         raise InputError(run.id, f"{f'field {where!r}' if where else 'the input'}: {error.message}")
+
+
+#: The string formats pydantic writes into the schemas of these types.
+_FORMATS = {
+    "date-time": dt.datetime,
+    "date": dt.date,
+    "time": dt.time,
+    "duration": dt.timedelta,
+    "uuid": uuid.UUID,
+}
+
+
+def _format_checker() -> Any:
+    """The string formats pydantic writes into schemas (dates, times, durations, uuids),
+    checked by pydantic itself: JSON Schema leaves ``format`` unchecked, and an input the
+    pause call's type refuses would fail the run instead of being refused here."""
+    import jsonschema
+    from pydantic import TypeAdapter, ValidationError
+
+    checker = jsonschema.FormatChecker(formats=())
+    for name, kind in _FORMATS.items():
+        adapter: Any = TypeAdapter(kind)
+
+        def check(value: Any, adapter: Any = adapter) -> bool:
+            return not isinstance(value, str) or adapter.validate_python(value) is not None
+
+        checker.checks(name, raises=ValidationError)(check)
+    return checker
 
 
 def _shape(schema_json: str) -> str:

@@ -329,7 +329,11 @@ def _call(ctx: FlowRunContext, flow: Any, params: dict[str, Any]) -> State | Non
             StateType.PAUSED, "Suspended", message, 0, run.id, RunSuspended(run.id, message)
         )
     except RunEnded:  # ended by somebody else (a cancel) while it was paused
-        return _state_of(ctx.run)
+        journal.writer.release(run.id)  # its lease is nobody's now
+        ended = _state_of(ctx.run)
+        for version, event in journal.hooks.owed(run.id).get(run.id, []):
+            hooks.run_hooks(journal, flow, ctx.run, ended, run.id, version, event)
+        return ended
     except PauseTimedOut as exc:
         if exc.cancel:
             return _end(ctx, flow, StateType.CANCELLED, "Cancelled", str(exc))
