@@ -302,12 +302,17 @@ class RunSuspended(PersevereError):
 
 class PauseRejected(PersevereError):
     """Raised at a ``pause_flow_run`` / ``suspend_flow_run`` call that was rejected
-    (``persevere runs reject``) and waited for no input to carry a yes or no."""
+    (``persevere runs reject``) and waited for no input to carry a yes or no.
 
-    def __init__(self, run_id: str, key: str, reason: str) -> None:
-        self.run_id, self.key, self.reason = run_id, key, reason
-        why = f": {reason}" if reason else ""
-        super().__init__(f"pause {key!r} of run {run_id} was rejected{why}")
+    ``reason`` is what the rejecter gave (may be empty); ``by`` says who rejected it.
+    """
+
+    def __init__(self, run_id: str, key: str, detail: str) -> None:
+        self.run_id, self.key = run_id, key
+        by, _, reason = detail.partition(": ")
+        self.by = by.removeprefix("rejected by ")
+        self.reason = reason
+        super().__init__(f"pause {key!r} of run {run_id} was {detail or 'rejected'}")
 
 
 class InputError(PersevereError, ValueError):

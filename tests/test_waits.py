@@ -467,8 +467,7 @@ def test_a_rejected_pause_without_input_raises_pause_rejected_which_the_flow_may
     persevere.reject_flow_run(run.id, "not today")
     state = call.result()
     assert state.type is StateType.COMPLETED
-    assert state.data.startswith("rejected: rejected by ")
-    assert state.data.endswith("not today")
+    assert state.data == "rejected: not today"
     assert tasks_of(journal, run.id)[1] == ("check", "pause", "Failed")
     assert executed(side) == {"prepare": 1}  # publish was not reached
 
@@ -483,8 +482,18 @@ def test_a_rejection_the_flow_does_not_catch_fails_the_run(
     assert state.type is StateType.FAILED
     assert isinstance(state.data, persevere.PauseRejected)
     assert f"pause 'gate' of run {run.id} was rejected" in state.message
-    assert "wrong numbers" in state.message
+    assert state.message.endswith(": wrong numbers")
+    assert state.data.reason == "wrong numbers" and state.data.by == this_process().label()
     assert executed(side) == {"prepare": 1}
+
+
+def test_a_rejection_without_a_reason_says_who(journal: Journal, tclock: TestClock) -> None:
+    call = in_thread(pausing.gate)
+    run = paused_at(journal, "gate")
+    persevere.reject_flow_run(run.id)
+    state = call.result()
+    assert state.data.reason == ""
+    assert state.message.endswith(f"was rejected by {this_process().label()}")
 
 
 def test_approve_is_refused_for_an_input_of_its_own_shape(

@@ -61,7 +61,8 @@ def reject_flow_run(
     journal = journal or open_journal()
     run = journal.resolve_flow_run(run_id)
     if run.pause_input is None:
-        return answer(journal, run, NOTHING, rejected=f"rejected by {_who()}: {reason or ''}")
+        why = f": {reason}" if reason else ""
+        return answer(journal, run, NOTHING, rejected=f"rejected by {_who()}{why}")
     return answer(journal, run, yes_or_no(run, False, reason))
 
 
