@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from persevere import clock
+from persevere.journal import open_journal
 from persevere.statemachine.calendar import make_calendar
+from persevere.testing import TestClock
+from persevere.worker import deploying
+from persevere.worker.scheduler import Scheduler
+from persevere.worker.scheduling import ScheduleSpec
+
+from .conftest import FLOWS
+from .flows import scheduled
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,3 +39,40 @@ def test_an_rrule_interval_below_one_is_refused(rule: str) -> None:
     assert "INTERVAL=" in str(raised.value)
     assert "must be a whole number of at least 1" in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+# -- a redeploy and the runs made ahead ----------------------------------------------------
+
+
+@pytest.fixture
+def tc() -> Iterator[TestClock]:
+    test_clock = TestClock("2026-03-28T12:00:30+00:00")
+    previous = clock.use(test_clock)
+    yield test_clock
+    clock.use(previous)
+
+
+@pytest.mark.parametrize("with_schedules", [True, False])
+def test_a_redeploy_gives_the_runs_made_ahead_its_new_queue_and_parameters(
+    tmp_path: Path, tc: TestClock, with_schedules: bool
+) -> None:
+    journal = open_journal(tmp_path / "p.db")
+    given = f"{FLOWS / 'scheduled.py'}:nightly"
+    weekly = [ScheduleSpec("cron", "0 7 * * 1", parameters={"full": True})]
+    deploying.deploy(
+        scheduled.nightly, "n", {"day": "mon"}, queue="old", tags=["a"], given=given,
+        journal=journal, schedules=weekly,
+    )  # fmt: skip
+    Scheduler(journal).tick()
+    again = weekly if with_schedules else None
+    deployment, _ = deploying.deploy(
+        scheduled.nightly, "n", {"day": "tue"}, queue="new", tags=["b"], given=given,
+        journal=journal, schedules=again,
+    )  # fmt: skip
+    Scheduler(journal).tick()
+    [run] = journal.query("SELECT work_queue, parameters, tags FROM flow_runs")
+    # Before: the Monday run stayed on queue 'old' with day=mon, where no worker of the
+    # deployment as it is now would ever take it.
+    assert run["work_queue"] == "new"
+    assert json.loads(run["parameters"]) == {"day": "tue", "full": True}
+    assert run["tags"] == deployment.tags
