@@ -12,7 +12,7 @@ from persevere import clock
 from persevere.journal import open_journal
 from persevere.statemachine.calendar import make_calendar
 from persevere.testing import TestClock
-from persevere.worker import deploying
+from persevere.worker import deploying, scheduling
 from persevere.worker.scheduler import Scheduler
 from persevere.worker.scheduling import ScheduleSpec
 
@@ -76,3 +76,15 @@ def test_a_redeploy_gives_the_runs_made_ahead_its_new_queue_and_parameters(
     assert run["work_queue"] == "new"
     assert json.loads(run["parameters"]) == {"day": "tue", "full": True}
     assert run["tags"] == deployment.tags
+
+
+@pytest.mark.parametrize(("text", "ms"), [("0s", 0), ("0m", 0), ("0", 0), ("90s", 90_000)])
+def test_a_grace_of_zero_may_be_written_with_a_unit(text: str, ms: int) -> None:
+    assert scheduling.grace_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["soon", "1.5m", "-5s", "s"])
+def test_a_bad_grace_is_named_as_the_grace(text: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        scheduling.grace_ms(text)
+    assert str(raised.value).startswith(f"grace {text!r}")
