@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from persevere import clock
+from persevere.cli import cli
 from persevere.journal import open_journal
 from persevere.statemachine.calendar import make_calendar
 from persevere.testing import TestClock
@@ -88,3 +90,11 @@ def test_a_bad_grace_is_named_as_the_grace(text: str) -> None:
     with pytest.raises(ValueError) as raised:
         scheduling.grace_ms(text)
     assert str(raised.value).startswith(f"grace {text!r}")
+
+
+def test_the_no_scheduler_help_says_what_else_stops() -> None:
+    # A worker started --no-scheduler does not wake suspended sleeps nor time out pauses
+    # either (the scheduler's pass does): its help said only "the runs of schedules".
+    text = " ".join(CliRunner().invoke(cli, ["worker", "start", "--help"]).output.split())
+    assert "suspended sleeps" in text
+    assert "pauses" in text
