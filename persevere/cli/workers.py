@@ -66,7 +66,8 @@ def worker_group() -> None:
 @click.option(
     "--no-scheduler",
     is_flag=True,
-    help="Do not make the runs of schedules here (`persevere scheduler` or other workers do).",
+    help="Do not run the scheduler here: the runs of schedules, Late runs, waking "
+    "suspended sleeps and timing out pauses (`persevere scheduler` or other workers do).",
 )
 @click.pass_context
 def start(

@@ -229,6 +229,39 @@ class Schedules:
         kept, added, removed = writer.transaction(work)
         return kept, [self._by_id(i) for i in added], removed
 
+    def refresh_ahead(self, deployment: Deployment) -> int:
+        """Give the runs the deployment's schedules made ahead that have not started the
+        deployment as it is now: its entrypoint, work queue, tags and parameters, with
+        each schedule's laid over them (durable, one transaction). Returns how many
+        runs changed.
+
+        A redeploy calls it: a run made ahead must not keep the queue or the
+        parameters the deployment had before.
+        """
+        writer, now = self._journal.writer, clock.now_ms()
+
+        def work(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT * FROM deployments WHERE id = ?", (deployment.id,))
+            found = row.fetchone()
+            if found is None:
+                return 0
+            current = from_row(Deployment, found)
+            changed = 0
+            for schedule in conn.execute(_OF_DEPLOYMENT, (current.id,)).fetchall():
+                values = (
+                    current.entrypoint, current.work_queue, current.tags,
+                    overlay(current.parameters, schedule["parameters"]),
+                )  # fmt: skip
+                changed += conn.execute(
+                    "UPDATE flow_runs SET entrypoint = ?, work_queue = ?, tags = ?, "
+                    f"parameters = ? WHERE schedule_id = ? AND schedule_ms > ? AND {_NOT_STARTED} "
+                    "AND (entrypoint, work_queue, tags, parameters) IS NOT (?, ?, ?, ?)",
+                    (*values, schedule["id"], now, *values),
+                ).rowcount
+            return changed
+
+        return writer.transaction(work)
+
     def _insert(self, deployment: Deployment, wanted: Sequence[NewSchedule]) -> list[str]:
         ops = _insert_ops(deployment, wanted, clock.now_ms())
         self._journal.flush(ops)

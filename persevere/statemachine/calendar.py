@@ -75,6 +75,7 @@ _DAY = 86400
 _DTSTART = re.compile(r"^\s*DTSTART([^:]*):(.*)$", re.IGNORECASE | re.MULTILINE)
 _TZID = re.compile(r"TZID=([^:;\n]+)", re.IGNORECASE)
 _UNTIL_UTC = re.compile(r"UNTIL=[0-9T]+Z", re.IGNORECASE)
+_RULE_INTERVAL = re.compile(r"(?:^|[;:])\s*INTERVAL=([^;\s]*)", re.IGNORECASE | re.MULTILINE)
 _UTC_NAMES = ("UTC", "Etc/UTC")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MS = dt.timedelta(milliseconds=1)
@@ -390,6 +391,11 @@ def _parse_rrule(text: str, timezone: str, anchor_ms: int | None) -> tuple[Any, 
         raise ValueError(f"rrule {text!r} has no FREQ; write e.g. 'FREQ=WEEKLY;BYDAY=MO;BYHOUR=7'")
     if "COUNT=" in lines.upper() and "UNTIL=" in lines.upper():
         raise ValueError(f"rrule {text!r} has COUNT and UNTIL; RFC 5545 allows one of them")
+    for every in _RULE_INTERVAL.findall(lines):  # dateutil loops for ever on INTERVAL=0
+        if not (every.isascii() and every.isdigit() and int(every) >= 1):
+            raise ValueError(
+                f"rrule {text!r}: INTERVAL={every} must be a whole number of at least 1"
+            )
     found = _DTSTART.search(lines)
     extra: dict[str, Any] = {}
     if found:

@@ -220,7 +220,8 @@ def deploy(
     is the entrypoint the flow was loaded from, ``texts`` the command-line
     text of each default (see :func:`parameters.check`). ``schedules``, if
     given, replace the deployment's schedules (those already there as given
-    are kept as they are, with their runs made ahead); None keeps them.
+    are kept as they are, with their runs made ahead); None keeps them. The
+    runs made ahead that have not started take the deployment as it is now.
     """
     if isinstance(tags, str):
         raise TypeError(f"tags must be a list of strings, not the string {tags!r}")
@@ -249,6 +250,8 @@ def deploy(
     deployment = journal.deployments.put(**fields)
     if prepared is not None:
         journal.schedules.replace(deployment, *prepared)
+    if existed:  # the runs its schedules made ahead go by the deployment as it is now
+        journal.schedules.refresh_ahead(deployment)
     return deployment, not existed
 
 

@@ -71,7 +71,15 @@ def grace_ms(grace: float | str) -> int:
         try:
             seconds = float(text)
         except ValueError:
-            seconds = parse_interval(text)
+            try:
+                seconds = parse_interval(text)
+            except ValueError:
+                if not (text[:1].isdigit() and set(text) <= set("0wdhms ")):
+                    raise ValueError(
+                        f"grace {grace!r} is not a duration; write seconds (90) or w/d/h/m/s "
+                        "in that order (90s, 2m, 1h30m)"
+                    ) from None
+                seconds = 0.0  # "0s", "0m": no grace (parse_interval wants more than 0)
     else:
         seconds = float(grace)
     if not seconds >= 0:  # also NaN
