@@ -85,8 +85,8 @@ class TestClock:
 def _to_ms(when: dt.datetime | str | int | float) -> int:
     if isinstance(when, (int, float)):
         return int(when)
-    if isinstance(when, str):
-        when = dt.datetime.fromisoformat(when)
+    if isinstance(when, str):  # Python 3.10 reads no trailing Z
+        when = dt.datetime.fromisoformat(when.strip().replace("Z", "+00:00"))
     if when.tzinfo is None:
         raise ValueError(f"{when.isoformat()} has no timezone; give an aware time, e.g. ...+00:00")
     return round(when.timestamp() * 1000)

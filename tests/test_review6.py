@@ -18,7 +18,7 @@ from persevere.worker import deploying, scheduling
 from persevere.worker.scheduler import Scheduler
 from persevere.worker.scheduling import ScheduleSpec
 
-from .conftest import FLOWS
+from .conftest import FLOWS, error_line, invoke
 from .flows import scheduled
 
 pytestmark = pytest.mark.timeout(60)
@@ -98,3 +98,20 @@ def test_the_no_scheduler_help_says_what_else_stops() -> None:
     text = " ".join(CliRunner().invoke(cli, ["worker", "start", "--help"]).output.split())
     assert "suspended sleeps" in text
     assert "pauses" in text
+
+
+def test_an_rrule_with_exrule_is_refused() -> None:
+    # dateutil may search to year 9999 for the next time of a rule an EXRULE empties.
+    rule = "DTSTART:20260101T070000\nRRULE:FREQ=DAILY\nEXRULE:FREQ=DAILY;BYHOUR=7"
+    with pytest.raises(ValueError, match="EXRULE, which RFC 5545 deprecates") as raised:
+        make_calendar("rrule", rule, "UTC")
+    assert "\n" not in str(raised.value)
+
+
+def test_a_missing_input_file_is_one_line(tmp_path: Path, db: Path) -> None:
+    line = error_line(invoke("runs", "resume", "0" * 32, "--input-file", str(tmp_path / "no")))
+    assert "--input-file" in line and "No such file" in line
+
+
+def test_a_test_clock_reads_a_trailing_z() -> None:
+    assert TestClock("2026-03-28T12:00:00Z").iso() == "2026-03-28T12:00:00+00:00"

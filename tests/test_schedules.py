@@ -562,21 +562,22 @@ def test_backfill_makes_runs_due_now_in_time_order_once(
     lines = out.stdout.splitlines()
     assert [line.split()[4] for line in lines] == [
         "2026-03-20T06:00:00+01:00", "2026-03-21T06:00:00+01:00", "2026-03-22T06:00:00+01:00",
+        "2026-03-23T06:00:00+01:00",  # --to a date: that whole day
     ]  # fmt: skip
-    assert "backfill of nightly/n from 2026-03-20T00:00:00+01:00 to 2026-03-23T00:00:00+01:00: " \
-        "3 runs made, 0 skipped" in out.stderr  # fmt: skip
+    assert "backfill of nightly/n from 2026-03-20T00:00:00+01:00 to 2026-03-23T23:59:59" \
+        in out.stderr and "4 runs made, 0 skipped" in out.stderr  # fmt: skip
     made = [journal.get_flow_run(line.split()[2]) for line in lines]
     now = clock.now_ms()
     assert all(r.state_name == "Scheduled" and (r.scheduled_ms or 0) <= now for r in made)
     assert [r.scheduled_ms for r in made] == sorted(r.scheduled_ms for r in made)  # time order
-    days = ["2026-03-20", "2026-03-21", "2026-03-22"]
+    days = ["2026-03-20", "2026-03-21", "2026-03-22", "2026-03-23"]
     assert [r.schedule_ms for r in made] == [at(f"{d}T06:00", "Europe/Berlin") for d in days]
     assert journal.history(made[0].id)[0].message.startswith("backfill by schedule ")
     # Again, overlapping: the times that have runs are skipped.
     again = ok("deployments", "backfill", "nightly/n", "--from", "2026-03-21T00:00+01:00",
                "--to", "2026-03-24T23:00", "--timezone", "Europe/Berlin")  # fmt: skip
-    assert [line.split()[0] for line in again.stdout.splitlines()] == ["made", "made", "skipped",
-                                                                        "skipped"]  # fmt: skip
+    assert [line.split()[0] for line in again.stdout.splitlines()] == [
+        "made", "skipped", "skipped", "skipped"]  # made first, then what was skipped  # fmt: skip
     # Workers take them oldest first; catch-up (skip) never cancels them, Late marks them.
     claimed = journal.workers.claim("w", [], this_process(), new_id())
     assert claimed is not None and claimed.id == made[0].id

@@ -32,7 +32,7 @@ from persevere import clock
 from persevere.cli import cli
 from persevere.cli.output import iso
 from persevere.exceptions import InputError, NonDeterminismError, RunNotResumable
-from persevere.journal import FlowRun, Journal, close_all, new_id
+from persevere.journal import FlowRun, Journal, Op, close_all, new_id
 from persevere.statemachine import StateType
 from persevere.testing import TestClock
 from persevere.worker import deploying, execute, reruns, waits
@@ -687,6 +687,25 @@ def test_an_answer_after_the_deadline_is_refused_and_ends_the_run(
         persevere.approve_flow_run(run.id)
     assert state_after(journal, run.id) == ("TimedOut", StateType.FAILED)
     assert executed(side) == {"prepare": 1}
+
+
+def test_an_answer_while_the_pause_is_timing_out_says_so(
+    journal: Journal, tclock: TestClock
+) -> None:
+    run = suspend(journal, pausing.approval, timeout=60)
+    pause = journal.pauses.open_pause(run.id)
+    assert pause is not None
+    # The waiting process has ended the pause call (TimedOut), not yet the run.
+    journal.flush(
+        [
+            Op(
+                "UPDATE task_runs SET state_type = 'FAILED', state_name = 'TimedOut' WHERE id = ?",
+                (pause.id,),
+            )
+        ]
+    )
+    with pytest.raises(RunNotResumable, match="pause timed out just now; it is ending"):
+        persevere.approve_flow_run(run.id)
 
 
 def test_housekeeping_wakes_a_suspended_sleep_whose_time_came(

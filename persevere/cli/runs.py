@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -190,13 +191,12 @@ def logs(ctx: click.Context, run_id: str, as_json: bool) -> None:
 @click.option("--input", "input_text", metavar="JSON", help="The input a paused run waits for.")
 @click.option(
     "--input-file",
-    type=click.File("r"),
     metavar="FILE",
     help="The input a paused run waits for, read from a JSON file (- for stdin).",
 )
 @click.pass_context
 def resume_cmd(
-    ctx: click.Context, run_id: str, input_text: str | None, input_file: TextIO | None
+    ctx: click.Context, run_id: str, input_text: str | None, input_file: str | None
 ) -> None:
     """Go on with a run: a Paused one with the input it waits for (checked against
     its type; a bad input is refused and the run stays Paused), or a Crashed,
@@ -204,9 +204,9 @@ def resume_cmd(
 
     Task runs that completed before are replayed from the journal, not run again.
     """
+    value = _input_of(input_text, input_file)
     journal = journal_of(ctx)
     run = journal.resolve_flow_run(run_id)
-    value = _input_of(input_text, input_file)
     if run.state_type is StateType.PAUSED:
         _go_on(journal, answer(journal, run, value))
         return
@@ -246,12 +246,17 @@ def reject_cmd(ctx: click.Context, run_id: str, reason: str | None) -> None:
     _go_on(journal, reject_flow_run(run_id, reason, journal))
 
 
-def _input_of(text: str | None, file: TextIO | None) -> Any:
+def _input_of(text: str | None, file: str | None) -> Any:
     """The input given on the command line, parsed; NOTHING if none."""
     if text is not None and file is not None:
         raise UserError("give the input with --input or with --input-file, not both")
-    if file is not None:
-        text = file.read()
+    if file == "-":
+        text = sys.stdin.read()
+    elif file is not None:
+        try:
+            text = Path(file).read_text()
+        except OSError as exc:
+            raise UserError(f"--input-file {file}: {exc.strerror or exc}") from None
     if text is None:
         return NOTHING
     try:

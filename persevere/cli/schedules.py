@@ -8,7 +8,9 @@ commands (:mod:`persevere.cli.workers`).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -370,6 +372,13 @@ def _chosen(
     return deployment, found
 
 
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _next_day(day: str) -> str:
+    return (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+
+
 def _when(flag: str, text: str, zone: str) -> int:
     try:
         return parse_time(text, zone)
@@ -428,7 +437,13 @@ def resume_schedule(ctx: click.Context, name: str, schedule_id: str | None) -> N
 @click.command("backfill")
 @click.argument("name")
 @click.option("--from", "start", required=True, metavar="ISO", help="The first time (inclusive).")
-@click.option("--to", "end", required=True, metavar="ISO", help="The last time (inclusive).")
+@click.option(
+    "--to",
+    "end",
+    required=True,
+    metavar="ISO",
+    help="The last time (inclusive); a date alone means the whole of that day.",
+)
 @click.option("--schedule", "schedule_id", help="Only this schedule (default: the active ones).")
 @click.option(
     "--timezone",
@@ -473,6 +488,8 @@ def backfill(
     zones = {s.timezone for s in chosen}
     zone = timezone or (zones.pop() if len(zones) == 1 else "UTC")
     from_ms, to_ms = _when("--from", start, zone), _when("--to", end, zone)
+    if _DATE_ONLY.fullmatch(end.strip()):  # --to 2026-11-07: that whole day
+        to_ms = _when("--to", _next_day(end.strip()), zone) - 1
     done = scheduling.backfill(journal, deployment, chosen, from_ms, to_ms, max_runs)
     for s, t, run_id in done.made:
         click.echo(f"made run {run_id} for {local_iso(t, s.timezone)} (schedule {s.short_id})")

@@ -29,10 +29,11 @@ restricted, either one matching suffices (classic cron). Refused: seconds (6 or
 schedule must fire at the same times every time it is read.
 
 rrule: RFC 5545 text read by dateutil's ``rrulestr``, one ``FREQ=...`` line or
-a block of DTSTART/RRULE/RDATE/EXDATE/EXRULE lines. A DTSTART without a zone
-is a wall time in the schedule's timezone, and so is ``DTSTART;TZID=<that
-timezone>``; a TZID naming another zone, or a DTSTART in UTC (``Z``) when the
-schedule's timezone is not UTC, is refused: the zone is said once, as
+a block of DTSTART/RRULE/RDATE/EXDATE lines (EXRULE, deprecated, is
+refused). A DTSTART without a zone is a wall time in the schedule's
+timezone, and so is ``DTSTART;TZID=<that timezone>``; a TZID naming another
+zone, or a DTSTART in UTC (``Z``) when the schedule's timezone is not UTC, is
+refused: the zone is said once, as
 ``timezone``. UNTIL is local time when DTSTART has no zone and UTC (``Z``)
 when it has one (RFC 5545). Without DTSTART, ``anchor_ms`` gives it (its local
 wall time) and UNTIL may be either. COUNT with UNTIL (RFC 5545 forbids it) and
@@ -389,6 +390,11 @@ def _parse_rrule(text: str, timezone: str, anchor_ms: int | None) -> tuple[Any, 
     lines = "\n".join(line.strip() for line in text.splitlines() if line.strip())
     if "FREQ=" not in lines.upper():
         raise ValueError(f"rrule {text!r} has no FREQ; write e.g. 'FREQ=WEEKLY;BYDAY=MO;BYHOUR=7'")
+    if "EXRULE" in lines.upper():  # dateutil may then search to year 9999 for a next time
+        raise ValueError(
+            f"rrule {text!r} has an EXRULE, which RFC 5545 deprecates; leave times out "
+            "with EXDATE, or narrow the RRULE"
+        )
     if "COUNT=" in lines.upper() and "UNTIL=" in lines.upper():
         raise ValueError(f"rrule {text!r} has COUNT and UNTIL; RFC 5545 allows one of them")
     for every in _RULE_INTERVAL.findall(lines):  # dateutil loops for ever on INTERVAL=0

@@ -113,6 +113,10 @@ def _open_pause(journal: Journal, run: FlowRun) -> Any:
             f"run {run.id} is {run.state_name}, not Paused: nothing to answer",
         )
     pause = journal.pauses.open_pause(run.id)
+    if pause is None and run.pause_deadline_ms is not None:  # it is ending this moment
+        raise RunNotResumable(
+            run.id, run.state_name, f"run {run.id}'s pause timed out just now; it is ending"
+        )
     if pause is None:  # a sleep
         raise RunNotResumable(
             run.id,
