@@ -87,7 +87,8 @@ def run_here(start: Callable[[], State]) -> State:
 def run(entrypoint: str, params: tuple[str, ...], run_key: str | None) -> None:
     """Run the flow ENTRYPOINT (path/to/file.py:func or module:func) now.
 
-    Exit code 0 when the run completes, 1 when it fails, 2 on bad input.
+    Exit code 0 when the run completes, 1 when it fails, 2 on bad input, 3 when it
+    suspended itself (`persevere runs resume` goes on with it).
     """
     flow = entrypoints.load(entrypoint)
     values, texts = parameters.parse_assignments(params)
