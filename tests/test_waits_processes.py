@@ -149,23 +149,22 @@ def test_a_sleep_killed_midway_is_resumed_and_sleeps_only_the_rest(
     remaining = (wake_ms - killed_ms) / 1000
     assert 0.2 < remaining <= 1.2
 
-    began = time.monotonic()
     resumed = run_cli(db, "runs", "resume", run_id, PAUSING_SIDE=str(side))
-    took = time.monotonic() - began
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == "3"
 
     done = journal.get_flow_run(run_id)
     assert done.state_name == "Completed" and done.ended_ms is not None
-    assert done.ended_ms >= wake_ms  # it did sleep until the wake-up time
-    # Only the rest: a full second sleep of 3 s would take the resume past 3.5 s.
-    assert took < remaining + 1.5, (took, remaining)
-    assert done.ended_ms - wake_ms < 1_000  # and went on at once
-    total = (done.ended_ms - first_start) / 1000
-    asleep = (wake_ms - first_start) / 1000  # the 3 s sleep, from the first start
-    assert total < asleep + 1.0, (total, asleep)  # not 3 s + the 1.8 s slept before the kill
     sleep = task(journal, run_id, "sleep")
     assert (sleep.state_name, sleep.attempt, sleep.next_attempt_ms) == ("Completed", 2, wake_ms)
+    assert sleep.started_ms is not None and sleep.ended_ms is not None
+    # Timed from the journal, not from the outside: a loaded machine may take a
+    # second or two to start the resuming process, which says nothing of the sleep.
+    assert sleep.ended_ms >= wake_ms  # it did sleep until the wake-up time
+    resumed_at = sleep.started_ms  # the second attempt of the sleep
+    assert sleep.ended_ms - max(wake_ms, resumed_at) < 1_000  # and went on at once
+    # Only the rest: a full second sleep would end 3 s after the resume began.
+    assert sleep.ended_ms - resumed_at < 3_000 - 500, (sleep.ended_ms - resumed_at, remaining)
     assert executed(side) == {"prepare": 1, "publish": 1}
     messages = [t.message for t in journal.history(run_id)]
     assert any(m.startswith("its process ") and m.endswith(" is gone") for m in messages)
