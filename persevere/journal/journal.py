@@ -44,10 +44,10 @@ from .statements import (
     INSERT_STATE,
     TASK_COLUMNS,
     await_retry,
+    copied_tasks,
     end_with_tasks,
     finish_task,
     move,
-    moved_upstream,
     new_id,
     rerun_task,
     restart_task,
@@ -332,35 +332,7 @@ class Journal:
         from a chosen task that leaves the source run and its history as they are.
         """
         run_id, now = new_id(), clock.now_ms()
-        copies: list[Op] = []
-        for task in self.task_runs(source.id):
-            if task.position >= position or task.state_type is not StateType.COMPLETED:
-                continue
-            start = TaskStart(
-                task_run_id(run_id, task.position),
-                run_id,
-                task.position,
-                task.task_key,
-                task.dynamic_key,
-                task.kind,
-                now,
-                2,
-                (),
-                upstream=moved_upstream(task.upstream, source.id, run_id),
-            )
-            stored = StoredResult(
-                task.result_serializer or "json", task.result, task.result_id, None
-            )
-            copies += finish_task(
-                start,
-                StateType.COMPLETED,
-                task.state_name,
-                f"copied from run {source.id}",
-                stored,
-                now,
-                collapse=True,
-                fenced=False,  # written with the new run, before anyone holds its lease
-            )
+        copies = copied_tasks(self.task_runs(source.id), position, source.id, run_id, now)
         self._insert_flow_run(
             run_id,
             now,

@@ -387,6 +387,29 @@ def finish_task(
     return ops
 
 
+def copied_tasks(
+    tasks: Sequence[TaskRun], position: int, source_id: str, run_id: str, now: int
+) -> list[Op]:
+    """The writes that copy a run's completed task runs before ``position`` into the new
+    run ``run_id``, each written once, Completed, with its result and inputs' sources."""
+    ops: list[Op] = []
+    for task in tasks:
+        if task.position >= position or task.state_type is not StateType.COMPLETED:
+            continue
+        start = TaskStart(
+            task_run_id(run_id, task.position), run_id, task.position, task.task_key,
+            task.dynamic_key, task.kind, now, 2, (),
+            upstream=moved_upstream(task.upstream, source_id, run_id),
+        )  # fmt: skip
+        stored = StoredResult(task.result_serializer or "json", task.result, task.result_id, None)
+        ops += finish_task(
+            start, StateType.COMPLETED, task.state_name, f"copied from run {source_id}", stored,
+            now, collapse=True,
+            fenced=False,  # written with the new run, before anyone holds its lease
+        )  # fmt: skip
+    return ops
+
+
 def end_with_tasks(
     run: FlowRun,
     source: StateType,
