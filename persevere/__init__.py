@@ -58,6 +58,7 @@ from .worker.waits import pause_flow_run, sleep, suspend_flow_run
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .automations import emit_event
     from .schedules import Cron, Interval, RRule
 
 
@@ -68,6 +69,10 @@ def __getattr__(name: str) -> Any:
         from . import schedules
 
         return getattr(schedules, name)
+    if name == "emit_event":
+        from .automations import emit_event
+
+        return emit_event
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -117,6 +122,7 @@ __all__ = [
     "approve_flow_run",
     "as_completed",
     "concurrency",
+    "emit_event",
     "exponential_backoff",
     "flow",
     "get_run_context",

@@ -350,3 +350,14 @@ class ScheduleNotFound(PersevereError, LookupError):
             or f"deployment {deployment!r} has no schedule {schedule_id!r} "
             f"(`persevere deployments schedule ls {deployment}` lists them)"
         )
+
+
+class AutomationNotFound(PersevereError, LookupError):
+    """No automation (or firing) has the name or id given."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"no automation {name!r} (`persevere automations ls` lists them; a name, an id "
+            "or a unique id prefix of 4 or more characters will do)"
+        )

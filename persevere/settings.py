@@ -37,6 +37,7 @@ class Settings:
     result_file_bytes: int
     suspend_after_seconds: float = 60.0
     late_after_seconds: float = 60.0
+    event_retention_days: float = 7.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -64,6 +65,8 @@ class Settings:
             # A Scheduled run on a work queue not started this long after its
             # time becomes Late (a schedule's runs: the schedule's grace).
             late_after_seconds=_float_env("PERSEVERE_LATE_AFTER_SECONDS", 60.0),
+            # Events older than this are deleted by schedulers (every 10 minutes).
+            event_retention_days=_float_env("PERSEVERE_EVENT_RETENTION_DAYS", 7.0),
         )
 
 

@@ -773,7 +773,7 @@ def test_a_version_2_database_is_migrated_keeping_its_data(db: Path, tmp_path: P
     conn.close()
 
     journal = open_journal(path)
-    assert journal.query("SELECT version FROM schema_version")[0][0] == SCHEMA_VERSION == 4
+    assert journal.query("SELECT version FROM schema_version")[0][0] == SCHEMA_VERSION == 5
     old = journal.get_flow_run("r1")
     assert (old.flow_name, old.state_name, old.parameters) == ("add", "Completed", '{"a":1}')
     assert (old.auto_resumes, old.worker_name, old.work_queue, old.tags) == (0, None, None, None)

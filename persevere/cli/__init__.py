@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 # The command modules register their commands on import.
-from . import cache, deployments, limits, queues, run, runs, schedules, workers  # noqa: F401
+from . import (  # noqa: F401
+    automations,
+    cache,
+    deployments,
+    events,
+    limits,
+    queues,
+    run,
+    runs,
+    schedules,
+    workers,
+)
 from .app import cli
 
 

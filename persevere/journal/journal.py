@@ -21,6 +21,7 @@ from ..statemachine import Owner, StateType, check_move, path_to_pending
 from .cache import Cache
 from .connection import configure, connect
 from .deployments import Deployments
+from .events import Events, task_events
 from .files import ResultFiles
 from .hooks import HooksDue
 from .limits import Limits
@@ -59,6 +60,7 @@ from .workers import Workers
 from .writer import Op, Writer
 
 if TYPE_CHECKING:
+    from .automations import Automations
     from .schedules import Schedules
 
 
@@ -82,6 +84,7 @@ class Journal:
         conn.row_factory = sqlite3.Row
         self._conn = conn
         self.writer = Writer(conn, int(settings.lease_seconds * 1000), settings.flush_seconds)
+        self.writer.after_commit = task_events
         self.codec = Codec(path.with_name(path.name + ".key"))
         self.files = ResultFiles(path.with_name(path.name + ".results"))
         self.cache = Cache(self)
@@ -90,6 +93,7 @@ class Journal:
         self.deployments = Deployments(self)
         self.workers = Workers(self)
         self.pauses = Pauses(self)
+        self.events = Events(self)
 
     @functools.cached_property
     def schedules(self) -> Schedules:
@@ -97,6 +101,13 @@ class Journal:
         from .schedules import Schedules  # deferred: `import persevere` need not pay for it
 
         return Schedules(self)
+
+    @functools.cached_property
+    def automations(self) -> Automations:
+        """Automations, their evaluation and their firings."""
+        from .automations import Automations  # deferred, like schedules
+
+        return Automations(self)
 
     # -- reading ------------------------------------------------------------
 

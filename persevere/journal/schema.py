@@ -231,8 +231,142 @@ def _v4(db: Any) -> None:
     runs.create_index(["state_type", "pause_deadline_ms"])
 
 
+def _v5(db: Any) -> None:
+    # Events, in the order they were written (``seq``). ``id`` is the event's
+    # own id: an emitted event (``derived`` 0) with an id already here is
+    # ignored. State changes of runs are ``derived`` (1): written once by
+    # persevere, so they skip the unique index (one B-tree less per event),
+    # and stored lean: ``resource``/``related``/``payload`` NULL, filled in
+    # from the run when read (see journal/events.py).
+    db.execute(
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL, event TEXT NOT NULL,
+            occurred_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,
+            resource_id TEXT NOT NULL, resource TEXT, related TEXT, payload TEXT,
+            derived INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE UNIQUE INDEX events_id ON events (id) WHERE derived = 0")
+    # Automations: a trigger and actions (JSON specs). ``cursor_seq``: the
+    # last event evaluated; ``state``: the trigger's evaluation state (JSON);
+    # ``due_ms``: when time alone next matters to it (a deadline, a window).
+    db.execute(
+        """CREATE TABLE automations (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
+            trigger TEXT NOT NULL, actions TEXT NOT NULL, enabled INTEGER NOT NULL DEFAULT 1,
+            cursor_seq INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '{}',
+            due_ms INTEGER, version INTEGER NOT NULL DEFAULT 1,
+            created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+        )"""
+    )
+    # Each firing of an automation, with its actions' outcomes (JSON list).
+    # ``id`` is the automation's id and the trigger's firing key: a firing
+    # is journaled once however many evaluators run. Its actions are run by
+    # whoever holds its lease (``lease_token`` until ``lease_expires_ms``);
+    # ``next_ms``: when its unfinished actions are due (a retry's backoff).
+    db.execute(
+        """CREATE TABLE firings (
+            id TEXT PRIMARY KEY, automation_id TEXT NOT NULL, fired_ms INTEGER NOT NULL,
+            path TEXT NOT NULL, reason TEXT NOT NULL, event_ids TEXT NOT NULL,
+            event TEXT, grp TEXT NOT NULL DEFAULT '{}', status TEXT NOT NULL,
+            actions TEXT NOT NULL, next_ms INTEGER, lease_token TEXT, lease_expires_ms INTEGER,
+            ended_ms INTEGER
+        )"""
+    )
+    db.execute("CREATE INDEX firings_automation ON firings (automation_id, fired_ms)")
+    db.execute("CREATE INDEX firings_due ON firings (status, next_ms)")
+    for statement in EVENT_TRIGGERS:
+        db.execute(statement)
+
+
+# The events of flow runs, deployments, schedules and work queues, written by
+# SQLite in the transaction of the change itself, whatever code made it. (A
+# task run's events are written by the writer after its commit instead: see
+# journal/events.py.) Random ids for changes that have no natural one.
+_RANDOM_ID = "lower(hex(randomblob(16)))"
+_NOW = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+EVENT_TRIGGERS = [
+    """CREATE TRIGGER events_flow_runs AFTER INSERT ON states
+        WHEN instr(NEW.run_id, '.') = 0 BEGIN
+        INSERT INTO events (id, event, occurred_ms, received_ms, resource_id, derived)
+        VALUES (NEW.run_id || '/' || NEW.version, 'persevere.flow-run.' || NEW.name,
+                NEW.ts_ms, NEW.ts_ms, 'persevere.flow-run.' || NEW.run_id, 1);
+    END""",
+    *(
+        f"""CREATE TRIGGER events_deployments_{verb} AFTER {when} ON deployments BEGIN
+        INSERT INTO events (id, event, occurred_ms, received_ms, resource_id, resource, related,
+                            payload, derived)
+        VALUES ({_RANDOM_ID}, 'persevere.deployment.{verb}d', {_NOW}, {_NOW},
+                'persevere.deployment.' || {row}.id,
+                json_object('id', 'persevere.deployment.' || {row}.id, 'name', {row}.name),
+                json_array(json_object('id', 'persevere.flow.' || {row}.flow_name,
+                                       'role', 'flow', 'name', {row}.flow_name),
+                           json_object('id', 'persevere.work-queue.' || {row}.work_queue,
+                                       'role', 'work-queue', 'name', {row}.work_queue)),
+                json_object('work_queue', {row}.work_queue), 1);
+    END"""
+        for verb, when, row in (
+            ("create", "INSERT", "NEW"),
+            ("update", "UPDATE", "NEW"),
+            ("delete", "DELETE", "OLD"),
+        )
+    ),
+    *(
+        f"""CREATE TRIGGER events_work_queues_{name} AFTER {when} ON work_queues {cond} BEGIN
+        INSERT INTO events (id, event, occurred_ms, received_ms, resource_id, resource, related,
+                            payload, derived)
+        VALUES ({_RANDOM_ID}, 'persevere.work-queue.' || {event}, {_NOW}, {_NOW},
+                'persevere.work-queue.' || {row}.name,
+                json_object('id', 'persevere.work-queue.' || {row}.name, 'name', {row}.name),
+                '[]', json_object('paused', {row}.paused = 1,
+                                  'concurrency_limit', {row}.concurrency_limit), 1);
+    END"""
+        for name, when, cond, event, row in (
+            ("created", "INSERT", "", "'created'", "NEW"),
+            (
+                "updated",
+                "UPDATE",
+                "WHEN OLD.paused IS NOT NEW.paused "
+                "OR OLD.concurrency_limit IS NOT NEW.concurrency_limit "
+                "OR OLD.description IS NOT NEW.description",
+                "CASE WHEN OLD.paused IS NOT NEW.paused THEN "
+                "CASE WHEN NEW.paused THEN 'paused' ELSE 'resumed' END ELSE 'updated' END",
+                "NEW",
+            ),
+            ("deleted", "DELETE", "", "'deleted'", "OLD"),
+        )
+    ),
+    *(
+        f"""CREATE TRIGGER events_schedules_{name} AFTER {when} ON schedules {cond} BEGIN
+        INSERT INTO events (id, event, occurred_ms, received_ms, resource_id, resource, related,
+                            payload, derived)
+        SELECT {_RANDOM_ID}, 'persevere.deployment.schedule-' || {event}, {_NOW}, {_NOW},
+                'persevere.deployment.' || {row}.deployment_id,
+                json_object('id', 'persevere.deployment.' || {row}.deployment_id,
+                            'name', d.name),
+                json_array(json_object('id', 'persevere.schedule.' || {row}.id,
+                                       'role', 'schedule')),
+                json_object('schedule', {row}.id, 'kind', {row}.kind,
+                            'expression', {row}.expression, 'active', {row}.active = 1), 1
+        FROM (SELECT 1) LEFT JOIN deployments d ON d.id = {row}.deployment_id;
+    END"""
+        for name, when, cond, event, row in (
+            ("created", "INSERT", "", "'created'", "NEW"),
+            (
+                "active",
+                "UPDATE OF active",
+                "WHEN OLD.active IS NOT NEW.active",
+                "CASE WHEN NEW.active THEN 'resumed' ELSE 'paused' END",
+                "NEW",
+            ),
+            ("deleted", "DELETE", "", "'deleted'", "OLD"),
+        )
+    ),
+]
+
+
 #: Migration n brings a database from version n-1 to version n.
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

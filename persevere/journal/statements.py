@@ -60,7 +60,7 @@ _INSERT_FINISHED_TASK = (
     "result_id, created_ms, started_ms, ended_ms, upstream) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 3, 1, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_THREE_STATES = (
+INSERT_THREE_STATES = (
     "INSERT INTO states VALUES (?, 1, NULL, 'PENDING', 'Pending', ?, '', NULL), "
     "(?, 2, 'PENDING', 'RUNNING', 'Running', ?, '', NULL), "
     "(?, 3, 'RUNNING', ?, ?, ?, ?, NULL)"
@@ -351,7 +351,7 @@ def finish_task(
         )
         ops.append(
             Op(
-                _INSERT_THREE_STATES,
+                INSERT_THREE_STATES,
                 (start.id, created, start.id, created, start.id, target.value, name, now, message),
                 fence=fence,
             )

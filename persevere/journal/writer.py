@@ -129,6 +129,11 @@ class Writer:
         self._leading = False  # a commit_later caller commits what is queued
         self._on_cancel: dict[str, Callable[[], None]] = {}  # flow run id -> what to call
         self._cancelled: list[str] = []
+        # What follows each commit: ``after_commit(batch, now)`` returns writes
+        # that the flusher commits (never a commit of their own), e.g. events.
+        self.after_commit: Callable[[Sequence[Op], int], list[Op]] | None = None
+        self._later: list[Op] = []
+        self._applied: list[Op] = []  # what apply() ran in the open transaction()
 
     # -- leases -------------------------------------------------------------
 
@@ -297,6 +302,7 @@ class Writer:
         with self.lock:
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
+            self._applied = []
             try:
                 result = work(conn)
                 conn.execute("COMMIT")
@@ -304,7 +310,18 @@ class Writer:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                applied, self._applied = self._applied, []
+            self._committed(applied, clock.now_ms())
             return result
+
+    def _committed(self, batch: Sequence[Op], now: int) -> None:
+        """Queue what follows a commit for the flusher (under ``self.lock``)."""
+        if self.after_commit is not None and batch:
+            later = self.after_commit(batch, now)
+            if later:
+                self._later += later
+                self._ensure_flusher()
 
     def _commit_group(self, group: list[_Waiter]) -> None:
         """Commit the queued callers' writes (with what is deferred), together if possible."""
@@ -366,6 +383,7 @@ class Writer:
                 if not lost:
                     self._execute(conn, batch)
                     conn.execute("COMMIT")
+                    self._committed(batch, now)
                     for run_id in fences:
                         if now - self._renewed.get(run_id, 0) >= self._lease_ms // 3:
                             self._renewed[run_id] = now
@@ -413,6 +431,7 @@ class Writer:
             if op.expect is not None and count != 1:
                 raise _conflict(conn, op.expect)
             changed.append(count)
+        self._applied += ops
         return changed
 
     def _execute(self, conn: sqlite3.Connection, batch: list[Op]) -> None:
@@ -456,6 +475,7 @@ class Writer:
             ]
             with self._queue_lock:
                 batch, self._pending = _built(self._pending.values()), {}
+            batch, self._later = batch + self._later, []
             if not batch and not due:
                 return
             batch += [Op("SELECT 1", (), fence=run_id) for run_id in due]
@@ -466,7 +486,11 @@ class Writer:
         with self.lock:
             with self._queue_lock:
                 batch, self._pending = _built(self._pending.values()), {}
+            batch, self._later = batch + self._later, []
             if batch:
+                self._commit_batch(batch)
+            if self._later:  # what followed that commit
+                batch, self._later = self._later, []
                 self._commit_batch(batch)
             self._closed = True
         self._wake.set()

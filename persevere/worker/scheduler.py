@@ -12,7 +12,10 @@ Every worker runs one pass (:meth:`Scheduler.tick`) each housekeeping round;
    of :func:`~persevere.statemachine.planning.plan`: catch-up, the runs on
    time, the runs ahead;
 3. marks Late the runs on a work queue still Scheduled past their grace;
-4. wakes what waits for a time (:func:`persevere.worker.waits.housekeeping`).
+4. wakes what waits for a time (:func:`persevere.worker.waits.housekeeping`);
+5. evaluates the automations and runs their due actions
+   (:class:`~persevere.worker.evaluator.Evaluator`), and now and then deletes
+   events older than ``PERSEVERE_EVENT_RETENTION_DAYS``.
 
 Any number of schedulers may run at once, in any processes: each schedule's
 transaction re-reads the cursor under the write lock, and the unique index
@@ -37,6 +40,10 @@ from ..statemachine.calendar import local_iso, next_times
 from ..statemachine.catchup import Plan, Waiting, grace_label, needs_pass
 from ..statemachine.planning import plan
 from . import waits
+from .evaluator import Evaluator
+
+#: How often a scheduler deletes old events.
+PRUNE_EVERY_MS = 10 * 60_000
 
 __all__ = ["Scheduler"]
 
@@ -62,6 +69,8 @@ class Scheduler:
         self.stopping = False
         self._next: dict[str, tuple[tuple[object, ...], int | None]] = {}
         self._failing: dict[str, str] = {}
+        self.evaluator = Evaluator(journal)
+        self._pruned_ms = 0
 
     def tick(self) -> list[str]:
         """One pass at ``clock.now_ms()``; returns what it did, a line each (also said)."""
@@ -78,6 +87,11 @@ class Scheduler:
                 f"{grace_label(grace)} of its time"
             )
         lines += waits.housekeeping(self.journal)
+        lines += self.evaluator.tick()
+        if now - self._pruned_ms >= PRUNE_EVERY_MS:
+            self._pruned_ms = now
+            retention_ms = round(self.journal.settings.event_retention_days * 86_400_000)
+            self.journal.events.prune(now - retention_ms)
         if self.say is not None:
             for line in lines:
                 self.say(line)

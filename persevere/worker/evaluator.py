@@ -1,0 +1,69 @@
+"""The automations' evaluator: one pass reads new events and the time, fires, acts.
+
+It runs in every scheduler pass (so in every worker, every ``persevere
+scheduler``, and ``Harness.tick()``). Each automation with new events or a
+time that has come is evaluated in one transaction of its own (see
+journal/automations.py), so several evaluators never fire twice. Then the
+firings with actions due are leased, one at a time, and their actions run.
+An idle pass is one read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import clock
+from ..journal import Journal
+from .actions import run_due
+
+#: Firings whose actions one pass runs at most (the rest wait for the next pass).
+FIRINGS_PER_PASS = 50
+
+
+class Evaluator:
+    """Evaluates the journal's automations and runs their actions; one :meth:`tick` per pass."""
+
+    def __init__(self, journal: Journal, say: Callable[[str], None] | None = None) -> None:
+        self.journal = journal
+        self.say = say
+        self._failing: dict[str, str] = {}
+
+    def tick(self) -> list[str]:
+        """One pass at ``clock.now_ms()``; returns what it did, a line each."""
+        lines: list[str] = []
+        automations = self.journal.automations
+        now = clock.now_ms()
+        for automation in automations.due(now):
+            try:
+                fired = automations.evaluate(automation.id, now)
+            except Exception as exc:  # one broken automation must not stop the others
+                line = f"automation {automation.name} failed: {type(exc).__name__}: {exc}"
+                if self._failing.get(automation.id) != line:
+                    self._failing[automation.id] = line
+                    lines.append(line)
+                continue
+            self._failing.pop(automation.id, None)
+            lines += [f"automation {automation.name} fired: {f.reason}" for f in fired]
+        lines += self.act()
+        if self.say is not None:
+            for line in lines:
+                self.say(line)
+        return lines
+
+    def act(self) -> list[str]:
+        """Run the due actions of firings, under each firing's lease."""
+        lines: list[str] = []
+        automations = self.journal.automations
+        for _ in range(FIRINGS_PER_PASS):
+            claimed = automations.claim_firing(clock.now_ms())
+            if claimed is None:
+                break
+            firing, token = claimed
+            try:
+                automation = automations.get(firing.automation_id)
+            except LookupError:  # deleted meanwhile: its firings went with it
+                continue
+            outcomes = run_due(self.journal, automation, firing, lines.append)
+            if not automations.record(firing, token, outcomes):
+                lines.append(f"automation {automation.name}: firing {firing.id} was taken over")
+        return lines
