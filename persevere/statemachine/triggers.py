@@ -249,7 +249,9 @@ def _parse_event(spec: Mapping[str, Any], where: str) -> Trigger:
     if isinstance(threshold, bool) or not isinstance(threshold, int):
         raise ValueError(f"{where}.threshold: {threshold!r} is not a whole number; write e.g. 3")
     if not 1 <= threshold <= MAX_THRESHOLD:
-        raise ValueError(f"{where}.threshold: {threshold} must be from 1 to {MAX_THRESHOLD}")
+        raise ValueError(
+            f"{where}.threshold: {threshold} is out of range; write 1 to {MAX_THRESHOLD}"
+        )
     within = _optional_duration(spec, "within", where)
     for_each = _for_each(spec.get("for_each"), where)
     normal = {"type": "event", **_select_spec(select, "match"), "threshold": threshold}
@@ -317,7 +319,7 @@ def _parse_combined(spec: Mapping[str, Any], where: str) -> Trigger:
     )
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(triggers):
         raise ValueError(
-            f"{where}.require: {require!r} is not all, any or a number from 1 to {len(triggers)}"
+            f"{where}.require: {require!r} is not valid; write all, any or 1 to {len(triggers)}"
         )
     normal["require"] = require
     return CompoundTrigger(triggers, count, within, normal)
