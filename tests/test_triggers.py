@@ -412,6 +412,17 @@ def test_absence_a_second_after_event_keeps_the_earlier_deadline():
     assert next_due(trigger, state) == 10 * MIN
 
 
+def test_absence_re_armed_with_the_same_deadline_fires_under_a_new_key():
+    trigger = parse_trigger(AFTER)
+    state, first = feed(trigger, [ev("job.started", 0, "j1"), 10 * MIN])
+    # a retried job reports the same start time: armed again, with the same deadline
+    state, fired = on_event(trigger, state, ev("job.started", 0, "j1"), 10 * MIN)
+    assert fired == []
+    state, second = on_time(trigger, state, 10 * MIN)
+    assert [f.at_ms for f in first + second] == [10 * MIN, 10 * MIN]
+    assert first[0].key != second[0].key
+
+
 HEARTBEAT = {"type": "absence", "expect": "heartbeat", "within": "1m"}
 
 
@@ -515,6 +526,18 @@ def test_deadline_an_event_after_it_counts_for_the_next_day():
     # the same, with on_time called between
     state, fired = feed(trigger, [MONDAY_9 + MIN, late, MONDAY_9 + DAY], start=SUNDAY)
     assert [f.at_ms for f in fired] == [MONDAY_9]
+
+
+def test_deadline_an_event_from_the_future_counts_for_its_own_window():
+    # the producer's clock is ahead: the event says 09:30 while it is 08:59 here
+    trigger = parse_trigger(LONDON)
+    state = initial_state(trigger, SUNDAY)
+    ahead = ev("sales.refreshed", MONDAY_9 + 30 * MIN)
+    state, fired = on_event(trigger, state, ahead, MONDAY_9 - MIN)
+    assert fired == []
+    state, fired = on_time(trigger, state, MONDAY_9)
+    assert [f.at_ms for f in fired] == [MONDAY_9]  # it came after Monday's deadline
+    assert on_time(trigger, state, MONDAY_9 + DAY)[1] == []  # and counts for Tuesday's
 
 
 def test_deadline_a_backlog_read_late_still_counts_its_events():
