@@ -640,6 +640,18 @@ def test_compound_of_time_based_children():
     assert "absence:0::60000" in fired[0].key
 
 
+def test_compound_sees_its_children_catch_up_on_time_before_the_event():
+    # an event at 2m, read without on_time since 0: the heartbeat's windows to 1m and 2m
+    # were silent; the compound pairs the event with the latest (2m), as if on_time had run
+    trigger = compound(children=[A, {"type": "absence", "expect": "hb", "within": "1m"}])
+    event = ev("a", 2 * MIN)
+    _, fired = feed(trigger, [event])
+    _, stepped = feed(trigger, [2 * MIN, event])
+    assert fired == stepped
+    assert [f.at_ms for f in fired] == [2 * MIN]
+    assert "absence:1::120000" in fired[0].key
+
+
 def sequence(within: str | None = "1m") -> Trigger:
     spec: dict[str, Any] = {"type": "sequence", "triggers": [A, B, C]}
     if within:

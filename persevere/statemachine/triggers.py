@@ -565,9 +565,13 @@ def _on_event(
         state = initial_state(trigger, now_ms)
     if isinstance(trigger, EventTrigger):
         return _count(trigger, state, event, path)
-    if isinstance(trigger, CompoundTrigger | SequenceTrigger):
-        return _combine(trigger, state, path, lambda c, s, p: _on_event(c, s, event, now_ms, p))
+    # Time first (every child, so that a compound sees its children's firings in time
+    # order), then the event.
     state, fired = _on_time(trigger, state, min(now_ms, event.occurred_ms), path)
+    if isinstance(trigger, CompoundTrigger | SequenceTrigger):
+        step: _Step = lambda c, s, p: _on_event(c, s, event, now_ms, p)  # noqa: E731
+        state, more = _combine(trigger, state, path, step)
+        return state, fired + more
     if isinstance(trigger, AbsenceTrigger):
         return _absence_event(trigger, state, event), fired
     return _deadline_event(trigger, state, event), fired
