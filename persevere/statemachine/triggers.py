@@ -19,11 +19,12 @@ SQLite between passes) and the one passed in is never changed. A firing's key is
 a pure function of the trigger, the events and the time, so replaying the same
 events from the same state gives the same keys (an idempotency key).
 
-Time only moves forward in a state. ``on_event`` first lets the time-based
-kinds catch up to the event's occurred time (never past ``now_ms``), then
-applies the event: an event that occurred after a deadline is judged after that
-deadline, however late ``on_time`` is called, and one that occurred before it
-still counts when a backlog is read after the deadline.
+Time only moves forward in a state. ``on_event`` first lets time catch up to
+the event's occurred time (never past ``now_ms``), in every child of a compound
+or sequence too, then applies the event: an event that occurred after a
+deadline is judged after that deadline, however late ``on_time`` is called; one
+that occurred before it still counts when a backlog is read after the deadline;
+and a compound sees its children's firings in time order either way.
 
 Design note. Rejected: counting by arrival (``now_ms``) instead of occurred
 time, which would make a backlog read after an outage fire differently from the
