@@ -19,11 +19,12 @@ SQLite between passes) and the one passed in is never changed. A firing's key is
 a pure function of the trigger, the events and the time, so replaying the same
 events from the same state gives the same keys (an idempotency key).
 
-Time only moves forward in a state. ``on_event`` first lets the time-based
-kinds catch up to the event's occurred time (never past ``now_ms``), then
-applies the event: an event that occurred after a deadline is judged after that
-deadline, however late ``on_time`` is called, and one that occurred before it
-still counts when a backlog is read after the deadline.
+Time only moves forward in a state. ``on_event`` first lets time catch up to
+the event's occurred time (never past ``now_ms``), in every child of a compound
+or sequence too, then applies the event: an event that occurred after a
+deadline is judged after that deadline, however late ``on_time`` is called; one
+that occurred before it still counts when a backlog is read after the deadline;
+and a compound sees its children's firings in time order either way.
 
 Design note. Rejected: counting by arrival (``now_ms``) instead of occurred
 time, which would make a backlog read after an outage fire differently from the
@@ -249,7 +250,9 @@ def _parse_event(spec: Mapping[str, Any], where: str) -> Trigger:
     if isinstance(threshold, bool) or not isinstance(threshold, int):
         raise ValueError(f"{where}.threshold: {threshold!r} is not a whole number; write e.g. 3")
     if not 1 <= threshold <= MAX_THRESHOLD:
-        raise ValueError(f"{where}.threshold: {threshold} must be from 1 to {MAX_THRESHOLD}")
+        raise ValueError(
+            f"{where}.threshold: {threshold} is out of range; write 1 to {MAX_THRESHOLD}"
+        )
     within = _optional_duration(spec, "within", where)
     for_each = _for_each(spec.get("for_each"), where)
     normal = {"type": "event", **_select_spec(select, "match"), "threshold": threshold}
@@ -317,7 +320,7 @@ def _parse_combined(spec: Mapping[str, Any], where: str) -> Trigger:
     )
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(triggers):
         raise ValueError(
-            f"{where}.require: {require!r} is not all, any or a number from 1 to {len(triggers)}"
+            f"{where}.require: {require!r} is not valid; write all, any or 1 to {len(triggers)}"
         )
     normal["require"] = require
     return CompoundTrigger(triggers, count, within, normal)
@@ -563,9 +566,13 @@ def _on_event(
         state = initial_state(trigger, now_ms)
     if isinstance(trigger, EventTrigger):
         return _count(trigger, state, event, path)
-    if isinstance(trigger, CompoundTrigger | SequenceTrigger):
-        return _combine(trigger, state, path, lambda c, s, p: _on_event(c, s, event, now_ms, p))
+    # Time first (every child, so that a compound sees its children's firings in time
+    # order), then the event.
     state, fired = _on_time(trigger, state, min(now_ms, event.occurred_ms), path)
+    if isinstance(trigger, CompoundTrigger | SequenceTrigger):
+        step: _Step = lambda c, s, p: _on_event(c, s, event, now_ms, p)  # noqa: E731
+        state, more = _combine(trigger, state, path, step)
+        return state, fired + more
     if isinstance(trigger, AbsenceTrigger):
         return _absence_event(trigger, state, event), fired
     return _deadline_event(trigger, state, event), fired
