@@ -250,11 +250,12 @@ class Automations:
                 (automation.cursor_seq, EVENTS_PER_PASS),
             ).fetchall()
             fired: list[triggers.Firing] = []
-            cursor = automation.cursor_seq
-            for event in events.fill(rows):
+            cursor = rows[-1]["seq"] if rows else automation.cursor_seq
+            names = _names(parsed)  # most events (task runs') concern no trigger: not filled in
+            wanted = [r for r in rows if any(triggers.matches(n, r["event"]) for n in names)]
+            for event in events.fill(wanted):
                 state, new = triggers.on_event(parsed, state, _seen(event), now_ms)
                 fired += new
-                cursor = event.seq
             state, new = triggers.on_time(parsed, state, now_ms)
             fired += new
             due = triggers.next_due(parsed, state)
@@ -361,6 +362,17 @@ class Automations:
             )
 
         return self._journal.writer.transaction(work)
+
+
+def _names(trigger: triggers.Trigger) -> tuple[str, ...]:
+    """Every event name pattern a trigger looks at (an event matching none is no concern)."""
+    if isinstance(trigger, triggers.CompoundTrigger | triggers.SequenceTrigger):
+        return tuple(n for child in trigger.triggers for n in _names(child))
+    if isinstance(trigger, triggers.EventTrigger):
+        return trigger.select.names
+    if isinstance(trigger, triggers.AbsenceTrigger) and trigger.after is not None:
+        return trigger.expect.names + trigger.after.names
+    return trigger.expect.names
 
 
 def _seen(event: Event) -> triggers.Event:
