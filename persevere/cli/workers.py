@@ -67,7 +67,8 @@ def worker_group() -> None:
     "--no-scheduler",
     is_flag=True,
     help="Do not run the scheduler here: the runs of schedules, Late runs, waking "
-    "suspended sleeps and timing out pauses (`persevere scheduler` or other workers do).",
+    "suspended sleeps, timing out pauses and automations (`persevere scheduler` or other "
+    "workers do).",
 )
 @click.pass_context
 def start(
@@ -86,7 +87,8 @@ def start(
     runs in hand, then releases the rest to other workers; a second one
     releases them at once. Crashed runs are resumed automatically (see
     @flow(max_auto_resumes=...)). Each round also makes the runs of
-    deployments' schedules and marks waiting runs Late, unless --no-scheduler.
+    deployments' schedules, marks waiting runs Late and evaluates automations,
+    unless --no-scheduler.
     """
     worker = Worker(
         journal_of(ctx),
@@ -121,16 +123,18 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: Any) -> float:
     callback=_seconds,
     default="5",
     show_default=True,
-    help="How often to make the runs of schedules and mark late runs.",
+    help="How often to make the runs of schedules, mark late runs and evaluate automations.",
 )
 @click.option("--once", is_flag=True, help="One pass, then exit.")
 @click.pass_context
 def scheduler(ctx: click.Context, poll_seconds: float, once: bool) -> None:
-    """Make the runs of every deployment's schedules, until SIGTERM or Ctrl-C.
+    """Make the runs of every deployment's schedules and evaluate automations (and run
+    their actions), until SIGTERM or Ctrl-C.
 
     Every worker does this too (unless started with --no-scheduler); run this
     where no worker runs, or to keep schedules going while workers are
-    stopped. Any number of schedulers may run at once: a time never gets two runs.
+    stopped. Any number of schedulers may run at once: a time never gets two
+    runs, an automation never fires twice.
     """
     journal = journal_of(ctx)
     say = _stamped
