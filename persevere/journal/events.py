@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 FLOW_RUN = "persevere.flow-run."
 TASK_RUN = "persevere.task-run."
 _COLUMNS = "seq, id, event, occurred_ms, received_ms, resource_id, resource, related, payload"
-_TASK_EVENT = (
+TASK_EVENT = (
     "INSERT INTO events (id, event, occurred_ms, received_ms, resource_id, derived) "
     "VALUES (?, ?, ?, ?, ?, 1)"
 )
@@ -88,23 +88,21 @@ def iso(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def task_events(batch: Sequence[Op], now: int) -> list[Op]:
-    """The event rows of the task-run history rows in a committed batch (cheap: no JSON)."""
-    out: list[Op] = []
+def task_events(batch: Sequence[Op], now: int, rows: list[Any]) -> None:
+    """Append the event rows (:data:`TASK_EVENT`) of the task-run history rows in a
+    committed batch to ``rows`` (cheap: no JSON)."""
     for op in batch:
         sql = op.sql
         if sql is INSERT_STATE:
             p = op.params
             if "." in p[0]:
-                out.append(Op(_TASK_EVENT, (f"{p[0]}/{p[1]}", TASK_RUN + p[4], p[5], now,
-                                            TASK_RUN + p[0])))  # fmt: skip
+                rows.append((f"{p[0]}/{p[1]}", TASK_RUN + p[4], p[5], now, TASK_RUN + p[0]))
         elif sql is INSERT_THREE_STATES:
             p = op.params
             task, created, resource = p[0], p[1], TASK_RUN + p[0]
-            out.append(Op(_TASK_EVENT, (task + "/1", TASK_RUN + "Pending", created, now, resource)))
-            out.append(Op(_TASK_EVENT, (task + "/2", TASK_RUN + "Running", created, now, resource)))
-            out.append(Op(_TASK_EVENT, (task + "/3", TASK_RUN + p[6], p[7], now, resource)))
-    return out
+            rows.append((task + "/1", TASK_RUN + "Pending", created, now, resource))
+            rows.append((task + "/2", TASK_RUN + "Running", created, now, resource))
+            rows.append((task + "/3", TASK_RUN + p[6], p[7], now, resource))
 
 
 def check_event(

@@ -21,7 +21,7 @@ from ..statemachine import Owner, StateType, check_move, path_to_pending
 from .cache import Cache
 from .connection import configure, connect
 from .deployments import Deployments
-from .events import Events, task_events
+from .events import TASK_EVENT, Events, task_events
 from .files import ResultFiles
 from .hooks import HooksDue
 from .limits import Limits
@@ -84,7 +84,7 @@ class Journal:
         conn.row_factory = sqlite3.Row
         self._conn = conn
         self.writer = Writer(conn, int(settings.lease_seconds * 1000), settings.flush_seconds)
-        self.writer.after_commit = task_events
+        self.writer.after_commit, self.writer.later_sql = task_events, TASK_EVENT
         self.codec = Codec(path.with_name(path.name + ".key"))
         self.files = ResultFiles(path.with_name(path.name + ".results"))
         self.cache = Cache(self)

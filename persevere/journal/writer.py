@@ -58,6 +58,12 @@ class Op:
     expect: tuple[str, int, str] | None = None
 
 
+class Many(Op):
+    """One statement run for each of many rows (``params`` is the list of rows)."""
+
+    __slots__ = ()
+
+
 class Writes:
     """Deferred writes whose statements are built only if they are committed.
 
@@ -78,10 +84,10 @@ def _built(entries: Iterable[Op | Writes]) -> list[Op]:
     """The statements of deferred entries, in order."""
     ops: list[Op] = []
     for entry in entries:
-        if type(entry) is Op:
-            ops.append(entry)
+        if type(entry) is Writes:
+            ops.extend(entry.build(*entry.args))
         else:
-            ops.extend(entry.build(*entry.args))  # type: ignore[union-attr]
+            ops.append(entry)  # type: ignore[arg-type]
     return ops
 
 
@@ -129,10 +135,12 @@ class Writer:
         self._leading = False  # a commit_later caller commits what is queued
         self._on_cancel: dict[str, Callable[[], None]] = {}  # flow run id -> what to call
         self._cancelled: list[str] = []
-        # What follows each commit: ``after_commit(batch, now)`` returns writes
-        # that the flusher commits (never a commit of their own), e.g. events.
-        self.after_commit: Callable[[Sequence[Op], int], list[Op]] | None = None
-        self._later: list[Op] = []
+        # What follows each commit: ``after_commit(batch, now, rows)`` appends
+        # rows of ``later_sql`` that the flusher writes (in one executemany,
+        # never a commit of their own), e.g. the events of task runs.
+        self.after_commit: Callable[[Sequence[Op], int, list[Any]], None] | None = None
+        self.later_sql = ""
+        self._later: list[Any] = []
         self._applied: list[Op] = []  # what apply() ran in the open transaction()
 
     # -- leases -------------------------------------------------------------
@@ -318,10 +326,17 @@ class Writer:
     def _committed(self, batch: Sequence[Op], now: int) -> None:
         """Queue what follows a commit for the flusher (under ``self.lock``)."""
         if self.after_commit is not None and batch:
-            later = self.after_commit(batch, now)
-            if later:
-                self._later += later
+            had = len(self._later)
+            self.after_commit(batch, now, self._later)
+            if len(self._later) > had:
                 self._ensure_flusher()
+
+    def _take_later(self) -> list[Op]:
+        """The rows queued by :meth:`_committed`, as one write (under ``self.lock``)."""
+        if not self._later:
+            return []
+        rows, self._later = self._later, []
+        return [Many(self.later_sql, rows)]
 
     def _commit_group(self, group: list[_Waiter]) -> None:
         """Commit the queued callers' writes (with what is deferred), together if possible."""
@@ -437,6 +452,9 @@ class Writer:
     def _execute(self, conn: sqlite3.Connection, batch: list[Op]) -> None:
         for op in batch:
             self._failing = op
+            if type(op) is Many:
+                conn.executemany(op.sql, op.params)
+                continue
             cursor = conn.execute(op.sql, op.params)
             if op.expect is not None and cursor.rowcount != 1:
                 raise _conflict(conn, op.expect)
@@ -475,7 +493,7 @@ class Writer:
             ]
             with self._queue_lock:
                 batch, self._pending = _built(self._pending.values()), {}
-            batch, self._later = batch + self._later, []
+            batch += self._take_later()
             if not batch and not due:
                 return
             batch += [Op("SELECT 1", (), fence=run_id) for run_id in due]
@@ -486,12 +504,11 @@ class Writer:
         with self.lock:
             with self._queue_lock:
                 batch, self._pending = _built(self._pending.values()), {}
-            batch, self._later = batch + self._later, []
+            batch += self._take_later()
             if batch:
                 self._commit_batch(batch)
             if self._later:  # what followed that commit
-                batch, self._later = self._later, []
-                self._commit_batch(batch)
+                self._commit_batch(self._take_later())
             self._closed = True
         self._wake.set()
 

@@ -103,6 +103,8 @@ def run_due(
                 outcome["next_ms"] = when
         except (PersevereError, ValueError, KeyError, LookupError) as exc:
             outcome.update(status="failed", error=_one_line(exc))
+        except Exception as exc:  # a bug or a database error: recorded, not raised
+            outcome.update(status="failed", error=f"{type(exc).__name__}: {_one_line(exc)}")
         else:
             outcome.update(status="done", outcome=result)
             outcome.pop("error", None)
