@@ -459,16 +459,12 @@ def test_work_queue_events(journal: Journal) -> None:
     assert len({e.id for e in events}) == 5
 
 
-@pytest.mark.xfail(
-    reason="schema.py EVENT_TRIGGERS write `paused`/`active` as json_object(..., x = 1): "
-    "SQLite stores 0/1, so the payload says 0/1, not false/true",
-    strict=True,
-)
 def test_queue_and_schedule_flags_in_payloads_are_json_booleans(journal: Journal) -> None:
     journal.deployments.create_queue("batch")
     ok("deploy", f"{DEPLOYED}:add", "--name", "n", "-p", "a=1", "--interval", "1h")
     ok("deployments", "pause-schedule", "add/n")
-    queue, paused = ls_json("-n", "persevere.work-queue.created", "-n", "*.schedule-paused")
+    (queue,) = ls_json("-n", "persevere.work-queue.created", "-r", "name=batch")
+    (paused,) = ls_json("-n", "*.schedule-paused")
     assert queue["payload"]["paused"] is False
     assert paused["payload"]["active"] is False
 

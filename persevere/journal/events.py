@@ -229,16 +229,12 @@ class Events:
         ``batch``), never the newest one (its seq must never be handed out again)."""
 
         def work(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT max(seq) FROM (SELECT seq, received_ms FROM events ORDER BY seq LIMIT ?) "
-                "WHERE received_ms < ?",
-                (batch, before_ms),
-            ).fetchone()
-            if row[0] is None:
-                return 0
+            # Among the oldest ``batch`` (by seq): received times of different
+            # writers' clocks need not rise with seq, so each row is judged.
             return conn.execute(
-                "DELETE FROM events WHERE seq <= ? AND seq < (SELECT max(seq) FROM events)",
-                (row[0],),
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?) "
+                "AND received_ms < ? AND seq < (SELECT max(seq) FROM events)",
+                (batch, before_ms),
             ).rowcount
 
         return self._journal.writer.transaction(work)

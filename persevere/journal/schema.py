@@ -318,7 +318,7 @@ EVENT_TRIGGERS = [
         VALUES ({_RANDOM_ID}, 'persevere.work-queue.' || {event}, {_NOW}, {_NOW},
                 'persevere.work-queue.' || {row}.name,
                 json_object('id', 'persevere.work-queue.' || {row}.name, 'name', {row}.name),
-                '[]', json_object('paused', {row}.paused = 1,
+                '[]', json_object('paused', json(CASE WHEN {row}.paused THEN 'true' ELSE 'false' END),
                                   'concurrency_limit', {row}.concurrency_limit), 1);
     END"""
         for name, when, cond, event, row in (
@@ -347,7 +347,7 @@ EVENT_TRIGGERS = [
                 json_array(json_object('id', 'persevere.schedule.' || {row}.id,
                                        'role', 'schedule')),
                 json_object('schedule', {row}.id, 'kind', {row}.kind,
-                            'expression', {row}.expression, 'active', {row}.active = 1), 1
+                            'expression', {row}.expression, 'active', json(CASE WHEN {row}.active THEN 'true' ELSE 'false' END)), 1
         FROM (SELECT 1) LEFT JOIN deployments d ON d.id = {row}.deployment_id;
     END"""
         for name, when, cond, event, row in (
