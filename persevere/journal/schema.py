@@ -284,6 +284,13 @@ def _v5(db: Any) -> None:
 # task run's events are written by the writer after its commit instead: see
 # journal/events.py.) Random ids for changes that have no natural one.
 _RANDOM_ID = "lower(hex(randomblob(16)))"
+
+
+def _bool(column: str) -> str:
+    """A 0/1 column as a JSON boolean inside json_object()."""
+    return f"json(CASE WHEN {column} THEN 'true' ELSE 'false' END)"
+
+
 _NOW = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 EVENT_TRIGGERS = [
     """CREATE TRIGGER events_flow_runs AFTER INSERT ON states
@@ -318,7 +325,7 @@ EVENT_TRIGGERS = [
         VALUES ({_RANDOM_ID}, 'persevere.work-queue.' || {event}, {_NOW}, {_NOW},
                 'persevere.work-queue.' || {row}.name,
                 json_object('id', 'persevere.work-queue.' || {row}.name, 'name', {row}.name),
-                '[]', json_object('paused', json(CASE WHEN {row}.paused THEN 'true' ELSE 'false' END),
+                '[]', json_object('paused', {_bool(row + ".paused")},
                                   'concurrency_limit', {row}.concurrency_limit), 1);
     END"""
         for name, when, cond, event, row in (
@@ -347,7 +354,8 @@ EVENT_TRIGGERS = [
                 json_array(json_object('id', 'persevere.schedule.' || {row}.id,
                                        'role', 'schedule')),
                 json_object('schedule', {row}.id, 'kind', {row}.kind,
-                            'expression', {row}.expression, 'active', json(CASE WHEN {row}.active THEN 'true' ELSE 'false' END)), 1
+                            'expression', {row}.expression,
+                            'active', {_bool(row + ".active")}), 1
         FROM (SELECT 1) LEFT JOIN deployments d ON d.id = {row}.deployment_id;
     END"""
         for name, when, cond, event, row in (
