@@ -286,6 +286,12 @@ def _v5(db: Any) -> None:
 _RANDOM_ID = "lower(hex(randomblob(16)))"
 
 
+def _when(row: str) -> str:
+    """The time of a change: the row's ``updated_ms`` (persevere's clock, which
+    tests may control); a deleted row has none, so SQLite's clock."""
+    return f"{row}.updated_ms" if row == "NEW" else _NOW
+
+
 def _bool(column: str) -> str:
     """A 0/1 column as a JSON boolean inside json_object()."""
     return f"json(CASE WHEN {column} THEN 'true' ELSE 'false' END)"
@@ -303,7 +309,7 @@ EVENT_TRIGGERS = [
         f"""CREATE TRIGGER events_deployments_{verb} AFTER {when} ON deployments BEGIN
         INSERT INTO events (id, event, occurred_ms, received_ms, resource_id, resource, related,
                             payload, derived)
-        VALUES ({_RANDOM_ID}, 'persevere.deployment.{verb}d', {_NOW}, {_NOW},
+        VALUES ({_RANDOM_ID}, 'persevere.deployment.{verb}d', {_when(row)}, {_when(row)},
                 'persevere.deployment.' || {row}.id,
                 json_object('id', 'persevere.deployment.' || {row}.id, 'name', {row}.name),
                 json_array(json_object('id', 'persevere.flow.' || {row}.flow_name,
@@ -322,7 +328,7 @@ EVENT_TRIGGERS = [
         f"""CREATE TRIGGER events_work_queues_{name} AFTER {when} ON work_queues {cond} BEGIN
         INSERT INTO events (id, event, occurred_ms, received_ms, resource_id, resource, related,
                             payload, derived)
-        VALUES ({_RANDOM_ID}, 'persevere.work-queue.' || {event}, {_NOW}, {_NOW},
+        VALUES ({_RANDOM_ID}, 'persevere.work-queue.' || {event}, {_when(row)}, {_when(row)},
                 'persevere.work-queue.' || {row}.name,
                 json_object('id', 'persevere.work-queue.' || {row}.name, 'name', {row}.name),
                 '[]', json_object('paused', {_bool(row + ".paused")},
@@ -347,7 +353,8 @@ EVENT_TRIGGERS = [
         f"""CREATE TRIGGER events_schedules_{name} AFTER {when} ON schedules {cond} BEGIN
         INSERT INTO events (id, event, occurred_ms, received_ms, resource_id, resource, related,
                             payload, derived)
-        SELECT {_RANDOM_ID}, 'persevere.deployment.schedule-' || {event}, {_NOW}, {_NOW},
+        SELECT {_RANDOM_ID}, 'persevere.deployment.schedule-' || {event}, {_when(row)},
+               {_when(row)},
                 'persevere.deployment.' || {row}.deployment_id,
                 json_object('id', 'persevere.deployment.' || {row}.deployment_id,
                             'name', d.name),

@@ -131,17 +131,17 @@ def _run(journal: Journal, spec: dict[str, Any], ctx: dict[str, Any], key: str) 
         deployment, run = deploying.schedule(
             name, fields.get("parameters") or {}, None, key, None, journal
         )
-        return f"run {run.id} of {deployment.deployment_name} ({run.state_name})"
+        return f"run {run.id} of {deployment.name} ({run.state_name})"
     if kind in ("pause-schedule", "resume-schedule"):
         deployment = journal.deployments.get(str(fields["deployment"]))
         schedules = journal.schedules.of(deployment)
         if fields.get("schedule"):
             schedules = [journal.schedules.get(deployment, str(fields["schedule"]))]
         if not schedules:
-            raise ActionFailed(f"deployment {deployment.deployment_name} has no schedules")
+            raise ActionFailed(f"deployment {deployment.name} has no schedules")
         changed, _ = journal.schedules.set_active(schedules, kind == "resume-schedule")
         verb = "resumed" if kind == "resume-schedule" else "paused"
-        return f"{len(changed)} schedule(s) of {deployment.deployment_name} {verb}"
+        return f"{len(changed)} schedule(s) of {deployment.name} {verb}"
     if kind in ("pause-work-queue", "resume-work-queue"):
         queue = journal.deployments.pause_queue(str(fields["queue"]), kind == "pause-work-queue")
         return f"work queue {queue.name} {'paused' if queue.paused else 'resumed'}"
