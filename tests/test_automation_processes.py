@@ -81,6 +81,10 @@ def test_two_scheduler_processes_fire_each_firing_once(
     )  # fmt: skip
     first, first_log = start(processes, db, "scheduler", "--poll-seconds", "0.2")
     second, second_log = start(processes, db, "scheduler", "--poll-seconds", "0.2")
+    # Both are up (SIGTERM handled) before the events: a process still starting would not
+    # take part, and a SIGTERM before its handler is installed ends it with -15.
+    for log in (first_log, second_log):
+        wait_for(lambda log=log: "scheduler started" in log.read_text(), timeout=30, every=0.05)
     for i in range(20):
         journal.events.emit(
             "s3.file.arrived", {"id": "bucket/sales"}, {"path": f"f{i}.csv"}, id=f"arrival-{i}"
