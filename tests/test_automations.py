@@ -315,7 +315,7 @@ def test_run_deployment_makes_one_run_with_the_templated_parameter(h: Harness) -
     assert json.loads(run["parameters"]) == {"path": "s3://bucket/q3.csv"}
     [firing] = firings(h, "ingest")
     assert run["run_key"] == f"automation/{firing.id}/0"
-    assert firing.outcomes[0]["outcome"] == f"run {run['id']} of prod (Scheduled)"
+    assert firing.outcomes[0]["outcome"] == f"run {run['id']} of ingest/prod (Scheduled)"
 
 
 def test_run_deployment_again_after_a_crash_makes_no_second_run(h: Harness) -> None:
@@ -351,7 +351,7 @@ def test_pause_and_resume_schedule(h: Harness) -> None:
     emit(h, "ops.stop", "ops")
     h.tick()
     assert [s.is_active for s in h.journal.schedules.of(deployment)] == [False]
-    assert firings(h, "stop")[0].outcomes[0]["outcome"] == "1 schedule(s) of prod paused"
+    assert firings(h, "stop")[0].outcomes[0]["outcome"] == "1 schedule(s) of ingest/prod paused"
     emit(h, "ops.go", "ops")
     h.tick()
     assert [s.is_active for s in h.journal.schedules.of(deployment)] == [True]
@@ -742,12 +742,6 @@ def test_cli_invalid_trigger_or_action_is_one_line_and_creates_nothing(
     assert h.journal.automations.all() == []
 
 
-@pytest.mark.xfail(
-    reason="automations create checks only the triggers of every automation in a file before "
-    "writing (persevere/cli/automations.py create_cmd), not their actions: an invalid action "
-    "in the second one comes after the first was created",
-    strict=True,
-)
 def test_cli_invalid_action_in_a_list_creates_none_of_them(h: Harness, tmp_path: Path) -> None:
     many = [
         {"name": "one", "trigger": {"match": "x.one"}, "actions": NOTE},

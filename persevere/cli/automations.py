@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from ..automations import load_automations
-from ..journal.automations import Automation, Firing
+from ..journal.automations import Automation, Firing, check_name
 from ..statemachine import triggers
+from ..statemachine.actions import parse_actions
 from .app import UserError, cli, journal_of
 from .output import echo_table, iso, local
 
@@ -79,7 +80,14 @@ def create_cmd(ctx: click.Context, file: str, replace: bool) -> None:
             raise UserError(f"cannot read {file}: {exc.strerror}") from None
     journal = journal_of(ctx)
     for spec in specs:  # each is checked before any is written
+        check_name(spec["name"])
         triggers.parse_trigger(spec["trigger"])
+        parse_actions(spec["actions"])
+        if not replace and spec["name"] in {a.name for a in journal.automations.all()}:
+            raise UserError(
+                f"automation {spec['name']!r} exists already; use --replace to redefine it "
+                "(nothing in the file was created)"
+            )
     for spec in specs:
         automation = journal.automations.create(
             spec["name"], spec["trigger"], spec["actions"], spec.get("description", ""),
