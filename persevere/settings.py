@@ -38,6 +38,7 @@ class Settings:
     suspend_after_seconds: float = 60.0
     late_after_seconds: float = 60.0
     event_retention_days: float = 7.0
+    task_run_events: str = "all"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,6 +48,11 @@ class Settings:
         synchronous = os.environ.get("PERSEVERE_SYNCHRONOUS", "NORMAL").upper()
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"PERSEVERE_SYNCHRONOUS={synchronous!r} must be NORMAL or FULL")
+        task_run_events = os.environ.get("PERSEVERE_TASK_RUN_EVENTS", "all").lower()
+        if task_run_events not in ("all", "final", "none"):
+            raise ValueError(
+                f"PERSEVERE_TASK_RUN_EVENTS={task_run_events!r} must be all, final or none"
+            )
         return cls(
             home=home,
             database=Path(db).expanduser() if db else home / "persevere.db",
@@ -67,6 +73,9 @@ class Settings:
             late_after_seconds=_float_env("PERSEVERE_LATE_AFTER_SECONDS", 60.0),
             # Events older than this are deleted by schedulers (every 10 minutes).
             event_retention_days=_float_env("PERSEVERE_EVENT_RETENTION_DAYS", 7.0),
+            # Which state changes of task runs are events: all, final (Completed,
+            # Failed, ...: one per task run), none. Flow runs' always are.
+            task_run_events=task_run_events,
         )
 
 

@@ -782,3 +782,34 @@ def test_prune_before_everything_deletes_nothing(journal: Journal) -> None:
     journal.events.emit("app.b", {"id": "x"})
     assert journal.events.prune(first.received_ms) == 0
     assert len(journal.events.after(0)) == 2
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("final", ["persevere.task-run.Completed", "persevere.task-run.Failed"]),
+        ("none", []),
+    ],
+)
+def test_task_run_events_setting_keeps_final_states_or_none(
+    db: Path, monkeypatch: pytest.MonkeyPatch, setting: str, expected: list[str]
+) -> None:
+    from persevere.journal import open_journal
+
+    monkeypatch.setenv("PERSEVERE_TASK_RUN_EVENTS", setting)
+    journal = open_journal(db)
+    assert pair(2) == 1  # one task run each for extract and total, both Completed
+    with pytest.raises(RuntimeError):
+        failing()
+    journal.writer.flush_in_background()
+    names = [e.event for e in all_events(journal) if e.event.startswith("persevere.task-run.")]
+    assert sorted(set(names)) == expected
+    assert names.count("persevere.task-run.Completed") == (2 if setting == "final" else 0)
+    flows = [e.event for e in all_events(journal) if e.event.startswith("persevere.flow-run.")]
+    assert "persevere.flow-run.Completed" in flows and "persevere.flow-run.Failed" in flows
+
+
+def test_task_run_events_setting_is_checked(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSEVERE_TASK_RUN_EVENTS", "some")
+    line = error_line(invoke("events", "ls"))
+    assert "PERSEVERE_TASK_RUN_EVENTS='some' must be all, final or none" in line

@@ -105,6 +105,24 @@ def task_events(batch: Sequence[Op], now: int, rows: list[Any]) -> None:
             rows.append((task + "/3", TASK_RUN + p[6], p[7], now, resource))
 
 
+def final_task_events(batch: Sequence[Op], now: int, rows: list[Any]) -> None:
+    """Like :func:`task_events`, for the final states of task runs only."""
+    for op in batch:
+        sql = op.sql
+        if sql is INSERT_STATE:
+            p = op.params
+            if "." in p[0] and p[3] in FINAL:
+                rows.append((f"{p[0]}/{p[1]}", TASK_RUN + p[4], p[5], now, TASK_RUN + p[0]))
+        elif sql is INSERT_THREE_STATES:
+            p = op.params
+            rows.append((p[0] + "/3", TASK_RUN + p[6], p[7], now, TASK_RUN + p[0]))
+
+
+#: What ``PERSEVERE_TASK_RUN_EVENTS`` picks.
+TASK_EVENTS = {"all": task_events, "final": final_task_events, "none": None}
+FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+
 def check_event(
     event: str,
     resource: Mapping[str, Any],
