@@ -114,7 +114,11 @@ def load_automations(path: str | Path, text: str | None = None) -> list[dict[str
         for key in ("name", "trigger", "actions"):
             if key not in item:
                 raise ValueError(f"{where}: missing {key!r}")
-    return [dict(i) for i in items]
+        if not isinstance(item.get("description") or "", str):
+            raise ValueError(f"{where}: description must be text")
+        if not isinstance(item.get("enabled", True), bool):
+            raise ValueError(f"{where}: enabled must be true or false")
+    return [{**i, "description": i.get("description") or ""} for i in items]
 
 
 def pause_automation(name: str) -> Automation:

@@ -611,7 +611,7 @@ def test_a_firing_leased_by_a_dead_evaluator_is_taken_over(h: Harness) -> None:
     deploy_ingest(h)
     automation = create(h, "ingest", ARRIVED, [INGEST])
     emit(h, path="q3.csv")
-    [firing] = h.journal.automations.evaluate(automation.id, h.clock.now_ms())
+    [firing], _ = h.journal.automations.evaluate(automation.id, h.clock.now_ms())
     claimed = h.journal.automations.claim_firing(h.clock.now_ms())  # then the evaluator died
     assert claimed is not None and claimed[0].id == firing.id
     h.tick()

@@ -179,6 +179,8 @@ def delete_cmd(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def history_cmd(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
     """The automation's firings, newest first: why, which events, each action's outcome."""
+    if limit < 1:
+        raise UserError(f"--limit {limit} must be 1 or more")
     journal = journal_of(ctx)
     firings = journal.automations.history(journal.automations.get(name), limit)
     if as_json:

@@ -39,7 +39,7 @@ def json_object(text: str | None, what: str) -> Any:
         raise UserError(f"{what} is not JSON ({exc.msg} at character {exc.pos})") from None
 
 
-def since_ms(text: str | None) -> int | None:
+def since_ms(text: str | None, option: str = "--since") -> int | None:
     """``--since``: a time (``2026-11-23T08:00``, UTC unless it says) or a span back (``1h``)."""
     if text is None:
         return None
@@ -51,7 +51,7 @@ def since_ms(text: str | None) -> int | None:
         return parse_time(text, "UTC")
     except ValueError:
         raise UserError(
-            f"--since {text!r} is neither a time (2026-11-23T08:00) nor a span back (1h, 2d)"
+            f"{option} {text!r} is neither a time (2026-11-23T08:00) nor a span back (1h, 2d)"
         ) from None
 
 
@@ -88,7 +88,10 @@ def events() -> None:
 @click.option(
     "--id", "event_id", help="The event's id (default: a new one); an id seen before is ignored."
 )
-@click.option("--occurred", help="When it happened (default: now), e.g. 2026-11-23T08:00Z.")
+@click.option(
+    "--occurred",
+    help="When it happened (default: now): a time, e.g. 2026-11-23T08:00Z, or 5m (ago).",
+)
 @click.pass_context
 def emit_cmd(
     ctx: click.Context,
@@ -104,7 +107,7 @@ def emit_cmd(
     Prints the event's id. With --id, emitting the same event twice journals it once.
     """
     links = [json_object(r, "--related") for r in related]
-    occurred_ms = since_ms(occurred) if occurred else None
+    occurred_ms = since_ms(occurred, "--occurred") if occurred else None
     event, new = journal_of(ctx).events.emit(
         name,
         labels(resource, "--resource"),
@@ -134,6 +137,8 @@ def ls_cmd(
     as_json: bool,
 ) -> None:
     """List the newest events, oldest first."""
+    if limit < 1:
+        raise UserError(f"--limit {limit} must be 1 or more")
     wanted = labels(resource, "--resource")
     found: list[Event] = []
     before = None

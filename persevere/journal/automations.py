@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 #: How many events one evaluation of one automation reads at most.
 EVENTS_PER_PASS = 2000
+#: How long a firing's lease lasts; renewed after each action (an action's own
+#: time limit, a webhook's timeout, is at most 120 s).
+LEASE_MS = 300_000
 _AUTOMATION = (
     "id, name, description, trigger, actions, enabled, cursor_seq, state, due_ms, version, "
     "created_ms, updated_ms"
@@ -229,53 +232,93 @@ class Automations:
         )
         return [from_row(Automation, r) for r in rows]
 
-    def evaluate(self, automation_id: str, now_ms: int) -> list[Firing]:
-        """Evaluate one automation on its new events and the time (one transaction);
-        returns the firings it journaled."""
-        events = self._journal.events
+    def evaluate(
+        self, automation_id: str, now_ms: int, filled: dict[int, Event] | None = None
+    ) -> tuple[list[Firing], bool]:
+        """Evaluate one automation on its new events and the time (one transaction).
 
-        def work(conn: sqlite3.Connection) -> list[str]:
+        Returns the firings it journaled, and True if events are left to read
+        (a backlog longer than :data:`EVENTS_PER_PASS`): then the time is not
+        judged yet, since an event still unread may be the one expected.
+        The events are read and filled in before the transaction (they never
+        change once written), ``filled`` keeping them for the next automation.
+        """
+        filled = {} if filled is None else filled
+        before = self._journal.query(
+            "SELECT cursor_seq FROM automations WHERE id = ?", (automation_id,)
+        )
+        if not before:
+            return [], False
+        page = self._page(before[0][0], filled)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[str], bool]:
             row = conn.execute(
                 f"SELECT {_AUTOMATION} FROM automations WHERE id = ? AND enabled = 1",
                 (automation_id,),
             ).fetchone()
             if row is None:
-                return []
+                return [], False
             automation = from_row(Automation, row)
+            rows = page if automation.cursor_seq == before[0][0] else None
+            if rows is None:  # another evaluator went on meanwhile: read again, here
+                rows = self._page(automation.cursor_seq, filled)
             parsed = triggers.parse_trigger(automation.trigger_spec)
             state: dict[str, Any] = json.loads(automation.state)
-            rows = conn.execute(
-                "SELECT seq, id, event, occurred_ms, received_ms, resource_id, resource, "
-                "related, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (automation.cursor_seq, EVENTS_PER_PASS),
-            ).fetchall()
+            cursor, events, more = rows
+            own = f"persevere.automation.{automation.id}"  # its own firings never feed it
             fired: list[triggers.Firing] = []
-            cursor = rows[-1]["seq"] if rows else automation.cursor_seq
-            names = _names(parsed)  # most events (task runs') concern no trigger: not filled in
-            wanted = [r for r in rows if any(triggers.matches(n, r["event"]) for n in names)]
-            for event in events.fill(wanted):
-                state, new = triggers.on_event(parsed, state, _seen(event), now_ms)
+            for event in events:
+                if event.resource.get("id") != own:
+                    state, new = triggers.on_event(parsed, state, _seen(event), now_ms)
+                    fired += new
+            if not more:
+                state, new = triggers.on_time(parsed, state, now_ms)
                 fired += new
-            state, new = triggers.on_time(parsed, state, now_ms)
-            fired += new
-            due = triggers.next_due(parsed, state)
+            due = 0 if more else triggers.next_due(parsed, state)
             conn.execute(
                 "UPDATE automations SET cursor_seq = ?, state = ?, due_ms = ?, "
                 "version = version + 1 WHERE id = ? AND version = ?",
-                (cursor, json.dumps(state), due, automation.id, automation.version),
-            )
-            return [self._journal_firing(conn, automation, f, now_ms) for f in fired]
+                (max(cursor, automation.cursor_seq), json.dumps(state), due, automation.id,
+                 automation.version),
+            )  # fmt: skip
+            return [self._journal_firing(conn, automation, f, now_ms) for f in fired], more
 
-        ids = [i for i in self._journal.writer.transaction(work) if i]
-        return [self.firing(i) for i in ids]
+        ids, more = self._journal.writer.transaction(work)
+        return [self.firing(i) for i in ids if i], more
+
+    def _page(self, after: int, filled: dict[int, Event]) -> tuple[int, list[Event], bool]:
+        """The next events after ``after`` that some trigger may look at, filled in
+        (most, task runs' events, are not); the seq read up to; whether more are left."""
+        rows = self._journal.query(
+            "SELECT seq, id, event, occurred_ms, received_ms, resource_id, resource, related, "
+            "payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, EVENTS_PER_PASS),
+        )
+        if not rows:
+            return after, [], False
+        names = self._names()
+        wanted = [r for r in rows if any(triggers.matches(n, r["event"]) for n in names)]
+        missing = [r for r in wanted if r["seq"] not in filled]
+        for event in self._journal.events.fill(missing):
+            filled[event.seq] = event
+        return rows[-1]["seq"], [filled[r["seq"]] for r in wanted], len(rows) == EVENTS_PER_PASS
+
+    def _names(self) -> tuple[str, ...]:
+        """Every event name pattern an enabled automation's trigger looks at."""
+        names: set[str] = set()
+        for row in self._journal.query("SELECT trigger FROM automations WHERE enabled = 1"):
+            names.update(_names(triggers.parse_trigger(json.loads(row[0]))))
+        return tuple(names)
 
     def _journal_firing(
         self, conn: sqlite3.Connection, automation: Automation, fired: triggers.Firing, now: int
     ) -> str:
         """Write a firing (once) and its event; returns its id ('' if it was there)."""
         firing_id = f"{automation.id}:{fired.key}"
+        # The actions as they are now: a redefinition does not change a firing's.
         outcomes = [
-            {"type": a["type"], "status": "pending", "attempts": 0} for a in automation.action_specs
+            {"type": a["type"], "status": "pending", "attempts": 0, "spec": a}
+            for a in automation.action_specs
         ]
         event = _event_json(fired.event) if fired.event is not None else None
         inserted = conn.execute(
@@ -315,16 +358,23 @@ class Automations:
         )
         return [from_row(Firing, r) for r in rows]
 
-    def claim_firing(self, now_ms: int, lease_ms: int = 60_000) -> tuple[Firing, str] | None:
-        """Lease the next firing with actions due (durable); returns it and the lease token."""
+    def claim_firing(self, now_ms: int, lease_ms: int = LEASE_MS) -> tuple[Firing, str] | None:
+        """Lease the next firing with actions due (durable); returns it and the lease token.
+
+        The firings of paused automations wait. Nothing due: one read, no write lock.
+        """
         token = uuid.uuid4().hex
+        due = (
+            "SELECT id FROM firings WHERE status = 'pending' AND next_ms <= ? "
+            "AND (lease_expires_ms IS NULL OR lease_expires_ms < ?) "
+            "AND automation_id IN (SELECT id FROM automations WHERE enabled = 1) "
+            "ORDER BY next_ms LIMIT 1"
+        )
+        if not self._journal.query(due, (now_ms, now_ms)):
+            return None
 
         def work(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT id FROM firings WHERE status = 'pending' AND next_ms <= ? "
-                "AND (lease_expires_ms IS NULL OR lease_expires_ms < ?) ORDER BY next_ms LIMIT 1",
-                (now_ms, now_ms),
-            ).fetchone()
+            row = conn.execute(due, (now_ms, now_ms)).fetchone()
             if row is None:
                 return None
             conn.execute(
@@ -336,6 +386,23 @@ class Automations:
         firing_id = self._journal.writer.transaction(work)
         return None if firing_id is None else (self.firing(firing_id), token)
 
+    def progress(self, firing: Firing, token: str, outcomes: list[dict[str, Any]]) -> bool:
+        """Write the outcomes so far under the lease and renew it (durable); False if
+        the lease was lost: then stop, another evaluator has the firing."""
+        now = clock.now_ms()
+
+        def work(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE firings SET actions = ?, lease_expires_ms = ? "
+                    "WHERE id = ? AND lease_token = ?",
+                    (json.dumps(outcomes), now + LEASE_MS, firing.id, token),
+                ).rowcount
+                == 1
+            )
+
+        return self._journal.writer.transaction(work)
+
     def record(self, firing: Firing, token: str, outcomes: list[dict[str, Any]]) -> bool:
         """Write the actions' outcomes under the lease (durable) and let the firing go.
 
@@ -345,7 +412,7 @@ class Automations:
         """
         now = clock.now_ms()
         statuses = {o["status"] for o in outcomes}
-        retry = [o["next_ms"] for o in outcomes if o["status"] == "pending"]
+        retry = [o.get("next_ms", now) for o in outcomes if o["status"] == "pending"]
         if retry:
             status, next_ms, ended = "pending", min(retry), None
         else:

@@ -118,6 +118,12 @@ def final_task_events(batch: Sequence[Op], now: int, rows: list[Any]) -> None:
             rows.append((p[0] + "/3", TASK_RUN + p[6], p[7], now, TASK_RUN + p[0]))
 
 
+def changes_a_flow_run(batch: Sequence[Op]) -> bool:
+    """True if a batch journals a flow run's state (whose event must come after
+    the events of its task runs queued before it)."""
+    return any(op.sql is INSERT_STATE and "." not in op.params[0] for op in batch)
+
+
 #: What ``PERSEVERE_TASK_RUN_EVENTS`` picks.
 TASK_EVENTS = {"all": task_events, "final": final_task_events, "none": None}
 FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})

@@ -21,7 +21,7 @@ from ..statemachine import Owner, StateType, check_move, path_to_pending
 from .cache import Cache
 from .connection import configure, connect
 from .deployments import Deployments
-from .events import TASK_EVENT, TASK_EVENTS, Events
+from .events import TASK_EVENT, TASK_EVENTS, Events, changes_a_flow_run
 from .files import ResultFiles
 from .hooks import HooksDue
 from .limits import Limits
@@ -86,6 +86,7 @@ class Journal:
         self.writer = Writer(conn, int(settings.lease_seconds * 1000), settings.flush_seconds)
         self.writer.after_commit = TASK_EVENTS[settings.task_run_events]
         self.writer.later_sql = TASK_EVENT
+        self.writer.later_first = changes_a_flow_run
         self.codec = Codec(path.with_name(path.name + ".key"))
         self.files = ResultFiles(path.with_name(path.name + ".results"))
         self.cache = Cache(self)

@@ -141,6 +141,9 @@ class Writer:
         self.after_commit: Callable[[Sequence[Op], int, list[Any]], None] | None = None
         self.later_sql = ""
         self._later: list[Any] = []
+        # A batch for which ``later_first(batch)`` is true takes the queued rows
+        # first (a flow run's end is journaled after its task runs' events).
+        self.later_first: Callable[[Sequence[Op]], bool] | None = None
         self._applied: list[Op] = []  # what apply() ran in the open transaction()
 
     # -- leases -------------------------------------------------------------
@@ -368,6 +371,8 @@ class Writer:
         """Commit what is deferred plus ``ops`` in one transaction."""
         with self._queue_lock:
             batch, self._pending = [*_built(self._pending.values()), *ops], {}
+        if self._later and self.later_first is not None and self.later_first(batch):
+            batch[:0] = self._take_later()
         self._failing = None
         try:
             self._commit_batch(batch)

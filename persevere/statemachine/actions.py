@@ -84,8 +84,8 @@ def _check_webhook(spec: dict[str, Any], where: str) -> None:
     if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
         raise ValueError(f"{where}.headers must be a mapping of header names to strings")
     timeout = spec.setdefault("timeout", 10)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
-        raise ValueError(f"{where}.timeout must be seconds between 0 and 300")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 120:
+        raise ValueError(f"{where}.timeout must be seconds between 0 and 120")
     retries = spec.setdefault("retries", 5)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
         raise ValueError(f"{where}.retries must be a whole number from 0 to 100")

@@ -78,14 +78,23 @@ def _flow_run_of(event: dict[str, Any]) -> str | None:
 
 
 def run_due(
-    journal: Journal, automation: Automation, firing: Firing, say: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """Run the firing's actions that are due; returns the outcomes to record."""
+    journal: Journal,
+    automation: Automation,
+    firing: Firing,
+    say: Callable[[str], None],
+    progress: Callable[[list[dict[str, Any]]], bool] = lambda outcomes: True,
+) -> list[dict[str, Any]] | None:
+    """Run the firing's actions that are due; returns the outcomes to record.
+
+    After each action, ``progress(outcomes)`` records it and renews the lease;
+    if that says the lease is lost, stop (None): another evaluator has it.
+    """
     now = clock.now_ms()
     outcomes = firing.outcomes
     specs = automation.action_specs
     ctx = context(automation, firing)
-    for i, (spec, outcome) in enumerate(zip(specs, outcomes, strict=False)):
+    for i, outcome in enumerate(outcomes):
+        spec = outcome.get("spec") or (specs[i] if i < len(specs) else {"type": outcome["type"]})
         if outcome["status"] != "pending" or outcome.get("next_ms", 0) > now:
             continue
         outcome["attempts"] = outcome.get("attempts", 0) + 1
@@ -114,6 +123,8 @@ def run_due(
             else f"{outcome['status']}: {outcome.get('error', '')}"
         )  # fmt: skip
         say(line)
+        if not progress(outcomes):
+            return None
     return outcomes
 
 
@@ -203,7 +214,10 @@ def _post(fields: dict[str, Any], ctx: dict[str, Any]) -> str:
     data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json", "Idempotency-Key": ctx["firing"]["id"]}
     headers.update(fields.get("headers") or {})
-    request = urllib.request.Request(str(fields["url"]), data=data, headers=headers, method="POST")
+    url = str(fields["url"])
+    if not url.startswith(("http://", "https://")):
+        raise ActionFailed(f"webhook url {url!r} is not an http:// or https:// URL")
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=float(fields.get("timeout", 10))) as reply:
             return f"POST {fields['url']}: {reply.status}"

@@ -91,7 +91,9 @@ class Scheduler:
         if now - self._pruned_ms >= PRUNE_EVERY_MS:
             self._pruned_ms = now
             retention_ms = round(self.journal.settings.event_retention_days * 86_400_000)
-            self.journal.events.prune(now - retention_ms)
+            for _ in range(100):  # 10,000 a batch, each its own short transaction
+                if self.journal.events.prune(now - retention_ms) == 0:
+                    break
         if self.say is not None:
             for line in lines:
                 self.say(line)
