@@ -111,6 +111,9 @@ def move(
     check_move(source, target, name, run_id)
     columns = "state_type = ?, state_name = ?, state_message = ?, version = ?"
     params: list[Any] = [target.value, name, message, version + 1]
+    if table == "flow_runs":  # the time of its event (journal/schema.py)
+        columns += ", state_ms = ?"
+        params.append(now)
     for column, value in (sets or {}).items():
         columns += f", {column} = ?"
         params.append(value)
