@@ -38,7 +38,7 @@ class Settings:
     suspend_after_seconds: float = 60.0
     late_after_seconds: float = 60.0
     event_retention_days: float = 7.0
-    task_run_events: str = "all"
+    task_run_events: str = "final"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -48,7 +48,7 @@ class Settings:
         synchronous = os.environ.get("PERSEVERE_SYNCHRONOUS", "NORMAL").upper()
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"PERSEVERE_SYNCHRONOUS={synchronous!r} must be NORMAL or FULL")
-        task_run_events = os.environ.get("PERSEVERE_TASK_RUN_EVENTS", "all").lower()
+        task_run_events = os.environ.get("PERSEVERE_TASK_RUN_EVENTS", "final").lower()
         if task_run_events not in ("all", "final", "none"):
             raise ValueError(
                 f"PERSEVERE_TASK_RUN_EVENTS={task_run_events!r} must be all, final or none"
@@ -73,8 +73,10 @@ class Settings:
             late_after_seconds=_float_env("PERSEVERE_LATE_AFTER_SECONDS", 60.0),
             # Events older than this are deleted by schedulers (every 10 minutes).
             event_retention_days=_float_env("PERSEVERE_EVENT_RETENTION_DAYS", 7.0),
-            # Which state changes of task runs are events: all, final (Completed,
-            # Failed, ...: one per task run), none. Flow runs' always are.
+            # Which state changes of task runs are events: final (the end of each
+            # attempt: Completed, Failed, AwaitingRetry, ...), all (Pending and
+            # Running too: three per task, about a tenth more per task), none.
+            # Flow runs' always are.
             task_run_events=task_run_events,
         )
 

@@ -41,7 +41,9 @@ HOUR_MS = 3_600_000
 
 @pytest.fixture(autouse=True)
 def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Work in a temporary folder; undo what loading entrypoints does to the process."""
+    """Work in a temporary folder; undo what loading entrypoints does to the process.
+    Every state change of a task run is an event here (the default is the final ones)."""
+    monkeypatch.setenv("PERSEVERE_TASK_RUN_EVENTS", "all")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(builtins, "print", builtins.print)
@@ -374,7 +376,7 @@ def test_a_script_that_ends_right_after_its_flow_keeps_its_task_events(
     root = str(Path(__file__).parent.parent)
     done = subprocess.run(
         [sys.executable, str(script)],
-        env=cli_env(db, PYTHONPATH=root),
+        env=cli_env(db, PYTHONPATH=root, PERSEVERE_TASK_RUN_EVENTS="all"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -788,6 +790,7 @@ def test_prune_before_everything_deletes_nothing(journal: Journal) -> None:
     ("setting", "expected"),
     [
         ("final", ["persevere.task-run.Completed", "persevere.task-run.Failed"]),
+        ("", ["persevere.task-run.Completed", "persevere.task-run.Failed"]),  # the default
         ("none", []),
     ],
 )
@@ -796,7 +799,10 @@ def test_task_run_events_setting_keeps_final_states_or_none(
 ) -> None:
     from persevere.journal import open_journal
 
-    monkeypatch.setenv("PERSEVERE_TASK_RUN_EVENTS", setting)
+    if setting:
+        monkeypatch.setenv("PERSEVERE_TASK_RUN_EVENTS", setting)
+    else:
+        monkeypatch.delenv("PERSEVERE_TASK_RUN_EVENTS")
     journal = open_journal(db)
     assert pair(2) == 1  # one task run each for extract and total, both Completed
     with pytest.raises(RuntimeError):
@@ -804,7 +810,7 @@ def test_task_run_events_setting_keeps_final_states_or_none(
     journal.writer.flush_in_background()
     names = [e.event for e in all_events(journal) if e.event.startswith("persevere.task-run.")]
     assert sorted(set(names)) == expected
-    assert names.count("persevere.task-run.Completed") == (2 if setting == "final" else 0)
+    assert names.count("persevere.task-run.Completed") == (0 if setting == "none" else 2)
     flows = [e.event for e in all_events(journal) if e.event.startswith("persevere.flow-run.")]
     assert "persevere.flow-run.Completed" in flows and "persevere.flow-run.Failed" in flows
 

@@ -106,12 +106,13 @@ def task_events(batch: Sequence[Op], now: int, rows: list[Any]) -> None:
 
 
 def final_task_events(batch: Sequence[Op], now: int, rows: list[Any]) -> None:
-    """Like :func:`task_events`, for the final states of task runs only."""
+    """Like :func:`task_events`, for the states that end a task run's attempt only
+    (Completed, Failed, Crashed, Cancelled, AwaitingRetry, ...: not Pending, Running)."""
     for op in batch:
         sql = op.sql
         if sql is INSERT_STATE:
             p = op.params
-            if "." in p[0] and p[3] in FINAL:
+            if "." in p[0] and p[3] not in _UNDERWAY:
                 rows.append((f"{p[0]}/{p[1]}", TASK_RUN + p[4], p[5], now, TASK_RUN + p[0]))
         elif sql is INSERT_THREE_STATES:
             p = op.params
@@ -126,7 +127,7 @@ def changes_a_flow_run(batch: Sequence[Op]) -> bool:
 
 #: What ``PERSEVERE_TASK_RUN_EVENTS`` picks.
 TASK_EVENTS = {"all": task_events, "final": final_task_events, "none": None}
-FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+_UNDERWAY = frozenset({"PENDING", "RUNNING"})
 
 
 def check_event(
