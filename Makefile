@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/concurrency.py
 	$(PY) bench/workers.py
 	$(PY) bench/scheduler.py
+	$(PY) bench/automations.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -233,7 +233,7 @@ class Automations:
         return [from_row(Automation, r) for r in rows]
 
     def evaluate(
-        self, automation_id: str, now_ms: int, filled: dict[int, Event] | None = None
+        self, automation_id: str, now_ms: int, filled: dict[Any, Any] | None = None
     ) -> tuple[list[Firing], bool]:
         """Evaluate one automation on its new events and the time (one transaction).
 
@@ -245,11 +245,12 @@ class Automations:
         """
         filled = {} if filled is None else filled
         before = self._journal.query(
-            "SELECT cursor_seq FROM automations WHERE id = ?", (automation_id,)
+            "SELECT cursor_seq, trigger FROM automations WHERE id = ?", (automation_id,)
         )
         if not before:
             return [], False
-        page = self._page(before[0][0], filled)
+        names = _names(triggers.parse_trigger(json.loads(before[0][1])))
+        page = self._page(before[0][0], names, filled)
 
         def work(conn: sqlite3.Connection) -> tuple[list[str], bool]:
             row = conn.execute(
@@ -259,10 +260,11 @@ class Automations:
             if row is None:
                 return [], False
             automation = from_row(Automation, row)
-            rows = page if automation.cursor_seq == before[0][0] else None
-            if rows is None:  # another evaluator went on meanwhile: read again, here
-                rows = self._page(automation.cursor_seq, filled)
             parsed = triggers.parse_trigger(automation.trigger_spec)
+            rows = page
+            if (automation.cursor_seq, automation.trigger) != tuple(before[0]):
+                # another evaluator went on meanwhile, or it was redefined: read again, here
+                rows = self._page(automation.cursor_seq, _names(parsed), {})
             state: dict[str, Any] = json.loads(automation.state)
             cursor, events, more = rows
             own = f"persevere.automation.{automation.id}"  # its own firings never feed it
@@ -286,29 +288,30 @@ class Automations:
         ids, more = self._journal.writer.transaction(work)
         return [self.firing(i) for i in ids if i], more
 
-    def _page(self, after: int, filled: dict[int, Event]) -> tuple[int, list[Event], bool]:
-        """The next events after ``after`` that some trigger may look at, filled in
-        (most, task runs' events, are not); the seq read up to; whether more are left."""
-        rows = self._journal.query(
-            "SELECT seq, id, event, occurred_ms, received_ms, resource_id, resource, related, "
-            "payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, EVENTS_PER_PASS),
-        )
+    def _page(
+        self, after: int, names: tuple[str, ...], filled: dict[Any, Any]
+    ) -> tuple[int, list[Event], bool]:
+        """The next events after ``after`` whose names match ``names``, filled in (most,
+        task runs' events, are not); the seq read up to; whether more are left.
+        ``filled`` keeps the pages read and the events filled in for the whole pass."""
+        rows = filled.get(("page", after))
+        if rows is None:
+            rows = filled[("page", after)] = self._journal.query(
+                "SELECT seq, id, event, occurred_ms, received_ms, resource_id, resource, "
+                "related, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, EVENTS_PER_PASS),
+            )
         if not rows:
             return after, [], False
-        names = self._names()
-        wanted = [r for r in rows if any(triggers.matches(n, r["event"]) for n in names)]
+        hits: dict[str, bool] = {}  # a page has few distinct names
+        for row in rows:
+            if row["event"] not in hits:
+                hits[row["event"]] = any(triggers.matches(n, row["event"]) for n in names)
+        wanted = [r for r in rows if hits[r["event"]]]
         missing = [r for r in wanted if r["seq"] not in filled]
         for event in self._journal.events.fill(missing):
             filled[event.seq] = event
         return rows[-1]["seq"], [filled[r["seq"]] for r in wanted], len(rows) == EVENTS_PER_PASS
-
-    def _names(self) -> tuple[str, ...]:
-        """Every event name pattern an enabled automation's trigger looks at."""
-        names: set[str] = set()
-        for row in self._journal.query("SELECT trigger FROM automations WHERE enabled = 1"):
-            names.update(_names(triggers.parse_trigger(json.loads(row[0]))))
-        return tuple(names)
 
     def _journal_firing(
         self, conn: sqlite3.Connection, automation: Automation, fired: triggers.Firing, now: int

@@ -13,11 +13,11 @@ comes. An idle pass is two reads and no write lock.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .. import clock
 from ..journal import Journal
 from ..journal.automations import Firing
-from ..journal.events import Event
 from .actions import run_due
 
 #: Firings whose actions one pass runs at most (the rest wait for the next pass).
@@ -39,7 +39,7 @@ class Evaluator:
         lines: list[str] = []
         automations = self.journal.automations
         now = clock.now_ms()
-        filled: dict[int, Event] = {}  # events read once for all automations of the pass
+        filled: dict[Any, Any] = {}  # events read once for all automations of the pass
         for automation in automations.due(now):
             try:
                 fired: list[Firing] = []
