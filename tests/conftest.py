@@ -99,3 +99,30 @@ def error_line(result: Result, code: int = 2) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: ")
     return lines[0]
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Started processes; any still alive at the end are killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def start(
+    started: list[subprocess.Popen[bytes]], db: Path, *args: str, **env: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``persevere ARGS`` on ``db``; its output goes to the log file returned."""
+    log = db.parent / f"process-{len(started)}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "persevere", *args],
+            env=cli_env(db, **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    started.append(proc)
+    return proc, log

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 from persevere.journal import Journal
 from persevere.worker import deploying
 
-from .conftest import FLOWS, cli_env, wait_for
+from .conftest import FLOWS, start, wait_for
 from .flows import automated
 
 pytestmark = pytest.mark.timeout(90)
@@ -30,32 +28,6 @@ INGEST = {
     "deployment": "ingest/prod",
     "parameters": {"path": "{{ event.payload.path }}"},
 }
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Started processes; any still alive at the end are killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def start(
-    started: list[subprocess.Popen[bytes]], db: Path, *args: str, **env: str
-) -> tuple[subprocess.Popen[bytes], Path]:
-    log = db.parent / f"process-{len(started)}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "persevere", *args],
-            env=cli_env(db, **env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    started.append(proc)
-    return proc, log
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:

@@ -10,7 +10,6 @@ import itertools
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,38 +24,12 @@ from persevere.worker.scheduler import Scheduler
 from persevere.worker.scheduling import ScheduleSpec
 from persevere.worker.supervisor import Worker
 
-from .conftest import FLOWS, cli_env, run_cli, wait_for
+from .conftest import FLOWS, run_cli, start, wait_for
 from .flows import scheduled
 
 pytestmark = pytest.mark.timeout(90)
 
 FLOW_FILE = FLOWS / "scheduled.py"
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Started processes; any still alive at the end are killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def start(
-    started: list[subprocess.Popen[bytes]], db: Path, *args: str
-) -> tuple[subprocess.Popen[bytes], Path]:
-    log = db.parent / f"process-{len(started)}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "persevere", *args],
-            env=cli_env(db),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    started.append(proc)
-    return proc, log
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
