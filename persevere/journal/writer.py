@@ -20,6 +20,11 @@ dropped, and the engine gets :class:`LeaseLost` instead of overwriting the new
 owner's journal. The flusher also renews held leases when nothing else did
 for a third of the lease period (the heartbeat).
 
+After each commit, ``after_commit`` may queue rows of one statement that
+only the flusher writes (or a later commit that must come after them): the
+events of task runs, which would cost every task's commit a B-tree page
+more if they were in it.
+
 Rejected: a writer thread that every write is handed to (a thread handoff
 costs more than the commit), and a transaction held open while a task runs
 (it would lock every other process out of the database).
