@@ -63,8 +63,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    """``Cron``, ``Interval`` and ``RRule``, loaded on first use: a plain flow needs no
-    calendar (PEP 562)."""
+    """``Cron``, ``Interval``, ``RRule`` and ``emit_event``, loaded on first use: a plain
+    flow needs no calendar and no automations (PEP 562)."""
     if name in ("Cron", "Interval", "RRule"):
         from . import schedules
 

@@ -1,14 +1,17 @@
 """Events and automations from Python: emit an event, define an automation.
 
->>> import persevere
->>> persevere.emit_event("s3.file.arrived", {"id": "bucket/sales"}, {"path": "q3.csv"})
->>> from persevere.automations import create_automation
->>> create_automation(
-...     "ingest-new-files",
-...     trigger={"match": "s3.file.arrived", "resource": {"id": "bucket/*"}},
-...     actions=[{"type": "run-deployment", "deployment": "ingest/prod",
-...               "parameters": {"path": "{{ event.payload.path }}"}}],
-... )
+Example::
+
+    import persevere
+    from persevere.automations import create_automation
+
+    create_automation(
+        "ingest-new-files",
+        trigger={"match": "s3.file.arrived", "resource": {"id": "bucket/*"}},
+        actions=[{"type": "run-deployment", "deployment": "ingest/prod",
+                  "parameters": {"path": "{{ event.payload.path }}"}}],
+    )
+    persevere.emit_event("s3.file.arrived", {"id": "bucket/sales"}, {"path": "q3.csv"})
 
 The trigger and actions are the same mappings an automation file holds
 (`persevere automations create FILE`); docs/automations.md describes them.
