@@ -249,7 +249,7 @@ class Automations:
         )
         if not before:
             return [], False
-        names = _names(triggers.parse_trigger(json.loads(before[0][1])))
+        names = triggers.names_of(triggers.parse_trigger(json.loads(before[0][1])))
         page = self._page(before[0][0], names, filled)
 
         def work(conn: sqlite3.Connection) -> tuple[list[str], bool]:
@@ -264,7 +264,7 @@ class Automations:
             rows = page
             if (automation.cursor_seq, automation.trigger) != tuple(before[0]):
                 # another evaluator went on meanwhile, or it was redefined: read again, here
-                rows = self._page(automation.cursor_seq, _names(parsed), {})
+                rows = self._page(automation.cursor_seq, triggers.names_of(parsed), {})
             state: dict[str, Any] = json.loads(automation.state)
             cursor, events, more = rows
             own = f"persevere.automation.{automation.id}"  # its own firings never feed it
@@ -432,17 +432,6 @@ class Automations:
             )
 
         return self._journal.writer.transaction(work)
-
-
-def _names(trigger: triggers.Trigger) -> tuple[str, ...]:
-    """Every event name pattern a trigger looks at (an event matching none is no concern)."""
-    if isinstance(trigger, triggers.CompoundTrigger | triggers.SequenceTrigger):
-        return tuple(n for child in trigger.triggers for n in _names(child))
-    if isinstance(trigger, triggers.EventTrigger):
-        return trigger.select.names
-    if isinstance(trigger, triggers.AbsenceTrigger) and trigger.after is not None:
-        return trigger.expect.names + trigger.after.names
-    return trigger.expect.names
 
 
 def _seen(event: Event) -> triggers.Event:
